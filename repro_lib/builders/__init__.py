@@ -1,0 +1,174 @@
+"""How one build runs. A backend knows three things: export the cache, reset
+its state, and build with the cache imported into a tarball.
+
+Backends register themselves in :data:`BACKENDS` by name; the trial loop only
+knows the :class:`Backend` protocol, so a new backend is one new module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    import docker
+
+    from ..lab import Registry
+    from ..scenario import Scenario
+
+
+@dataclass
+class BatchEnv:
+    """What every backend of one batch shares: engine, registries, scenario, places."""
+
+    client: docker.DockerClient
+    run_id: str
+    scenario: Scenario
+    cache_registry: Registry
+    mirror: Registry | None
+    work_dir: Path  # data/runs/<run id>: logs, outputs, local cache
+    offline: bool = True
+    keep: bool = False  # --no-cleanup
+    label_id: str = ""  # the session (run or sweep) every object is labelled with
+
+    def __post_init__(self) -> None:
+        if not self.label_id:
+            self.label_id = self.run_id
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.work_dir / "logs"
+
+    @property
+    def cache_repo(self) -> str:
+        return f"{self.cache_registry.address}/repro-lib/{self.run_id}"
+
+
+@dataclass
+class BuildOutput:
+    """What one build produced: its tarball (if any), log and cache evidence."""
+
+    tarball: Path | None
+    log: str
+    duration_s: float
+    cache_hits: int | None = None
+    cache_steps: int | None = None
+    cache_pulled: int | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """The smallest thing that knows how to run the experiment's builds."""
+
+    name: str
+    image: str
+    version: str
+    cache_image: str
+    cache_version: str
+    cache_type: str
+    mode: str
+    privileged: bool
+    buildkit_version: str
+
+    def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
+        """Check requirements and set up state; raise MissingRequirement or UsageError."""
+
+    def export_cache(self) -> BuildOutput:
+        """Build the scenario once from scratch and export its cache."""
+
+    def reset(self) -> None:
+        """Start from a fresh BuildKit state for the next try."""
+
+    def build(self, trial: int) -> BuildOutput:
+        """Build with the cache imported; the tarball lands under the run's work dir."""
+
+    def close(self) -> None:
+        """Remove everything this backend made (unless the batch keeps it)."""
+
+    def supports(self, feature: str) -> bool: ...
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {}
+FEATURES = frozenset(
+    {"registry-cache", "local-cache", "inline-cache", "daemon-mode", "oci-output", "mirror"}
+)
+
+
+def register(name: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+    def deco(factory: Callable[..., Backend]) -> Callable[..., Backend]:
+        BACKENDS[name] = factory
+        return factory
+
+    return deco
+
+
+def make_backend(name: str, **options: Any) -> Backend:
+    try:
+        factory = BACKENDS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown backend {name!r}", hint=f"choose one of: {', '.join(sorted(BACKENDS))}"
+        ) from None
+    return factory(**options)
+
+
+def check_feature(feature: str) -> None:
+    if feature not in FEATURES:
+        raise ValueError(f"unknown feature {feature!r}")
+
+
+_VERSION_RE = re.compile(r":(v\d+\.\d+\.\d+[^-@]*)")
+
+
+def version_of_image(image: str) -> str:
+    """``moby/buildkit:v0.9.0-rootless`` -> ``v0.9.0``; otherwise the tag itself."""
+    m = _VERSION_RE.search(image)
+    if m:
+        return m.group(1)
+    return image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else "latest"
+
+
+_STEP_RE = re.compile(r"^#(\d+) \[(?!internal\])[^\]]*\] (.*)$")
+_CACHED_RE = re.compile(r"^#(\d+) CACHED\s*$")
+_PULL_RE = re.compile(r"^#\d+ pulling sha256:[0-9a-f]+")
+
+
+def count_cache_hits(log: str) -> tuple[int, int]:
+    """Count (cached, cacheable) Dockerfile steps in a ``--progress=plain`` log.
+
+    ``FROM`` steps resolve an image rather than run, so they are not cacheable steps.
+    """
+    steps, cached = set(), set()
+    for line in log.splitlines():
+        m = _STEP_RE.match(line.strip())
+        if m and not m.group(2).startswith("FROM "):
+            steps.add(m.group(1))
+        m = _CACHED_RE.match(line.strip())
+        if m:
+            cached.add(m.group(1))
+    return len(cached & steps), len(steps)
+
+
+def count_cache_pulls(log: str) -> int:
+    """Blobs pulled while importing the cache: non-zero only when the local state was empty."""
+    return sum(bool(_PULL_RE.match(line.strip())) for line in log.splitlines())
+
+
+def write_log(env: BatchEnv, name: str, text: str) -> Path:
+    env.logs_dir.mkdir(parents=True, exist_ok=True)
+    path = env.logs_dir / name
+    path.write_text(text)
+    return path
+
+
+def log_tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+from . import container as _container  # noqa: E402,F401  (registers "container")
+from . import engine as _engine  # noqa: E402,F401  (registers "engine")

@@ -1,0 +1,459 @@
+"""BuildKit in a container from a ``moby/buildkit`` image, as the public script runs it.
+
+``daemonless`` mode starts ``buildctl-daemonless.sh`` for every try (a fresh
+``buildkitd`` each time, state kept in a volume); ``daemon`` mode keeps one
+``buildkitd`` container per reset cycle and runs each try with ``buildctl``
+inside it. The context, config and outputs move through the Docker archive API,
+so no host directory has to be shared with the unprivileged BuildKit user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shlex
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from .. import lab
+from ..errors import BuildFailed, InfraError, UsageError
+from . import BatchEnv, BuildOutput, log_tail, register, version_of_image, write_log
+
+STAGE = "/tmp/repro-lib"
+CONTEXT_DIR = f"{STAGE}/ctx"
+OUTPUT_DIR = f"{STAGE}/out"
+CACHE_DIR = f"{STAGE}/cache"
+CONFIG_PATH = f"{STAGE}/config.toml"
+ROOTLESS_STATE = "/home/user/.local/share/buildkit"
+ROOTFUL_STATE = "/var/lib/buildkit"
+ROOTLESS_SECURITY = ("seccomp=unconfined", "apparmor=unconfined")
+OUTPUT_TYPES = ("tar", "oci")
+MODES = ("daemonless", "daemon")
+CACHE_TYPES = ("registry", "local")
+
+
+def buildkitd_config(mirror: str | None, insecure_hosts: list[str]) -> str:
+    """buildkitd ``config.toml``: docker.io through the mirror, lab registries over plain http."""
+    lines = []
+    if mirror:
+        lines += ['[registry."docker.io"]', f'  mirrors = ["{mirror}"]', ""]
+    for host in dict.fromkeys(([mirror] if mirror else []) + insecure_hosts):
+        lines += [f'[registry."{host}"]', "  http = true", "  insecure = true", ""]
+    return "\n".join(lines)
+
+
+def is_rootless(image: str, attrs: dict[str, Any] | None = None) -> bool:
+    user = ((attrs or {}).get("Config") or {}).get("User") or ""
+    return image.split("@")[0].endswith("-rootless") or user not in ("", "root", "0", "0:0")
+
+
+@register("container")
+class ContainerBackend:
+    """BuildKit from a ``moby/buildkit`` image.
+
+    Args:
+        image: the image that imports the cache (``moby/buildkit:v0.9.0-rootless``).
+        cache_image: the image that exports it (default: ``image``).
+        cache_type: ``registry`` or ``local``.
+        mode: ``daemonless`` (public script) or ``daemon`` (one buildkitd per reset cycle).
+        privileged: run BuildKit ``--privileged``; default: only for rootful images.
+        security_opt: container security options; default: the public script's
+            ``seccomp=unconfined``/``apparmor=unconfined`` for rootless images.
+        buildkitd_flags: extra flags for buildkitd.
+        output: ``tar`` (a flattened rootfs) or ``oci`` (an OCI image with layers).
+        cache_ref / cache_dir: reuse a cache left by an earlier run (``--skip-create-cache``).
+    """
+
+    name = "container"
+
+    def __init__(
+        self,
+        image: str,
+        *,
+        cache_image: str | None = None,
+        cache_type: str = "registry",
+        mode: str = "daemonless",
+        privileged: bool | None = None,
+        security_opt: list[str] | None = None,
+        buildkitd_flags: str = "",
+        output: str = "tar",
+        cache_ref: str | None = None,
+        cache_dir: str | Path | None = None,
+        build_timeout: float = 600,
+        startup_timeout: float = 60,
+    ) -> None:
+        if cache_type not in CACHE_TYPES:
+            raise UsageError(f"cache type {cache_type!r} needs one of {', '.join(CACHE_TYPES)}")
+        if mode not in MODES:
+            raise UsageError(f"mode {mode!r} needs one of {', '.join(MODES)}")
+        if output not in OUTPUT_TYPES:
+            raise UsageError(f"output {output!r} needs one of {', '.join(OUTPUT_TYPES)}")
+        self.image = image
+        self.cache_image = cache_image or image
+        self.version = version_of_image(self.image)
+        self.cache_version = version_of_image(self.cache_image)
+        self.cache_type = cache_type
+        self.mode = mode
+        self.output = output
+        self.buildkit_version = self.version
+        self._privileged_opt = privileged
+        self._security_opt = security_opt
+        self.buildkitd_flags = buildkitd_flags
+        self.cache_ref = cache_ref
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.build_timeout = build_timeout
+        self.startup_timeout = startup_timeout
+        self.privileged = False
+        self.env: BatchEnv | None = None
+        self.lane = 0
+        self.state: lab.StateVolume | None = None
+        self.daemon: docker.models.containers.Container | None = None
+        self._cycle = 0
+
+    # setup ---------------------------------------------------------------
+    def supports(self, feature: str) -> bool:
+        features = {"registry-cache", "local-cache", "daemon-mode", "oci-output", "mirror"}
+        return feature in features
+
+    def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
+        self.env, self.lane = env, lane
+        for image in dict.fromkeys([self.image, self.cache_image]):
+            lab.ensure_image(env.client, image, offline=env.offline)
+        if self.cache_type == "local" and self.cache_dir is None:
+            self.cache_dir = env.work_dir / "cache"
+        self.state = lab.StateVolume(
+            env.client, env.run_id, lane=lane, keep=env.keep, label_id=env.label_id
+        )
+
+    def _profile(self, image: str) -> dict[str, Any]:
+        """Path of the state volume and the security flags for one image."""
+        attrs = self.env.client.images.get(image).attrs  # type: ignore[union-attr]
+        rootless = is_rootless(image, attrs)
+        privileged = (not rootless) if self._privileged_opt is None else self._privileged_opt
+        if self._security_opt is not None:
+            security = list(self._security_opt)
+        else:
+            security = [] if privileged else list(ROOTLESS_SECURITY)
+        flags = "--oci-worker-no-process-sandbox " if rootless else ""
+        flags += f"--config {CONFIG_PATH} {self.buildkitd_flags}".strip()
+        return {
+            "rootless": rootless,
+            "state_path": ROOTLESS_STATE if rootless else ROOTFUL_STATE,
+            "privileged": privileged,
+            "security_opt": security,
+            "buildkitd_flags": flags.strip(),
+        }
+
+    @property
+    def cache_location(self) -> str:
+        env = self.env
+        assert env is not None
+        if self.cache_type == "registry":
+            return self.cache_ref or f"{env.cache_repo}:cache"
+        return str(self.cache_dir)
+
+    def _config(self) -> bytes:
+        env = self.env
+        assert env is not None
+        hosts = [env.cache_registry.address]
+        if self.cache_ref:
+            hosts.append(self.cache_ref.split("/", 1)[0])
+        return buildkitd_config(env.mirror.address if env.mirror else None, hosts).encode()
+
+    def _staging_tar(self) -> bytes:
+        env = self.env
+        assert env is not None
+        files = {f"{CONTEXT_DIR}/{name}": data for name, data in env.scenario.files.items()}
+        files[CONFIG_PATH] = self._config()
+        buf = io.BytesIO(lab.tar_of(files, dirs=[OUTPUT_DIR, CACHE_DIR]))
+        if self.cache_type == "local" and self.cache_dir and self.cache_dir.is_dir():
+            # Append the exported local cache to the same archive.
+            data = io.BytesIO(buf.getvalue())
+            out = io.BytesIO()
+            with tarfile.open(fileobj=data) as src, tarfile.open(fileobj=out, mode="w") as dst:
+                for m in src.getmembers():
+                    dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+                for path in sorted(self.cache_dir.rglob("*")):
+                    arc = f"{CACHE_DIR}/{path.relative_to(self.cache_dir)}"
+                    info = dst.gettarinfo(str(path), arcname=arc.lstrip("/"))
+                    info.uid = info.gid = 0
+                    info.mode = 0o755 if path.is_dir() else 0o644
+                    if path.is_file():
+                        with path.open("rb") as f:
+                            dst.addfile(info, f)
+                    else:
+                        dst.addfile(info)
+            return out.getvalue()
+        return buf.getvalue()
+
+    # buildctl arguments ---------------------------------------------------
+    def _build_args(self, *, export: bool, dest: str) -> list[str]:
+        env = self.env
+        assert env is not None
+        args = [
+            "build",
+            "--frontend",
+            "dockerfile.v0",
+            "--local",
+            f"context={CONTEXT_DIR}",
+            "--local",
+            f"dockerfile={CONTEXT_DIR}",
+        ]
+        for key, value in env.scenario.build_args().items():
+            args += ["--opt", f"build-arg:{key}={value}"]
+        if export:
+            if self.cache_type == "registry":
+                args += ["--export-cache", f"type=registry,ref={self.cache_location},mode=max"]
+            else:
+                args += ["--export-cache", f"type=local,dest={CACHE_DIR},mode=max"]
+        elif self.cache_type == "registry":
+            args += ["--import-cache", f"type=registry,ref={self.cache_location}"]
+        else:
+            args += ["--import-cache", f"type=local,src={CACHE_DIR}"]
+        args += ["--output", f"type={self.output},dest={dest}"]
+        return args
+
+    def container_kwargs(
+        self, image: str, command: list[str], role: str, name: str
+    ) -> dict[str, Any]:
+        """Everything ``containers.create`` gets for one BuildKit container."""
+        env = self.env
+        assert env is not None and self.state is not None
+        profile = self._profile(image)
+        self.privileged = profile["privileged"]
+        kwargs: dict[str, Any] = {
+            "image": image,
+            "command": command,
+            "name": name,
+            "environment": {"BUILDKITD_FLAGS": profile["buildkitd_flags"]},
+            "network_mode": "host",
+            "volumes": {self.state.name: {"bind": profile["state_path"], "mode": "rw"}},
+            "labels": lab.role_labels(env.label_id, role),
+            "security_opt": profile["security_opt"],
+            "privileged": profile["privileged"],
+        }
+        if role == "buildkit-daemon":
+            kwargs["entrypoint"] = (["rootlesskit"] if profile["rootless"] else []) + ["buildkitd"]
+            kwargs["command"] = shlex.split(profile["buildkitd_flags"])
+        else:
+            kwargs["entrypoint"] = ["buildctl-daemonless.sh"]
+        return kwargs
+
+    # the three verbs --------------------------------------------------------
+    def export_cache(self) -> BuildOutput:
+        self.reset()
+        image = self.cache_image
+        dest = f"{OUTPUT_DIR}/export.tar"
+        out = self._run_once(image, self._build_args(export=True, dest=dest), "export", dest)
+        if self.cache_type == "local":
+            self._copy_cache_out()
+        return out
+
+    def reset(self) -> None:
+        assert self.state is not None
+        self._stop_daemon()
+        self.state.reset()
+        self._cycle += 1
+
+    def build(self, trial: int) -> BuildOutput:
+        dest = f"{OUTPUT_DIR}/out-{trial}.tar"
+        args = self._build_args(export=False, dest=dest)
+        if self.mode == "daemon":
+            return self._run_in_daemon(args, f"trial-{trial:04d}", dest)
+        return self._run_once(self.image, args, f"trial-{trial:04d}", dest)
+
+    def close(self) -> None:
+        self._stop_daemon()
+        if self.state is not None:
+            self.state.remove()
+
+    # daemonless ----------------------------------------------------------------
+    def _run_once(self, image: str, args: list[str], tag: str, dest: str) -> BuildOutput:
+        env = self.env
+        assert env is not None
+        name = f"{lab.NAME_PREFIX}-{env.run_id}-l{self.lane}-{tag}"
+        kwargs = self.container_kwargs(image, args, "buildkit", name)
+        started = time.monotonic()
+        phases: dict[str, float] = {}
+        container = None
+        try:
+            container = env.client.containers.create(**kwargs)
+            container.put_archive("/", self._staging_tar())
+            t0 = time.monotonic()
+            container.start()
+            phases["container_start"] = time.monotonic() - t0
+            t0 = time.monotonic()
+            try:
+                status = container.wait(timeout=self.build_timeout)
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.kill()
+                log = self._logs(container)
+                path = write_log(env, f"{tag}.log", self._header(kwargs) + log)
+                raise BuildFailed(
+                    f"build timed out after {self.build_timeout:.0f}s (log: {path})",
+                    log_tail=log_tail(log),
+                ) from None
+            phases["build"] = time.monotonic() - t0
+            log = self._logs(container)
+            path = write_log(env, f"{tag}.log", self._header(kwargs) + log)
+            code = status.get("StatusCode", -1)
+            if code != 0:
+                raise BuildFailed(
+                    f"buildctl exited {code}: {_reason(log)} (log: {path})",
+                    log_tail=log_tail(log),
+                    exit_code=code,
+                )
+            t0 = time.monotonic()
+            tarball = self._fetch_output(container, dest, tag)
+            phases["copy_out"] = time.monotonic() - t0
+            if tag == "export" and self.cache_type == "local":
+                self._export_container = container
+                container = None  # kept until the cache is copied out
+            return BuildOutput(tarball, log, time.monotonic() - started, phases=phases)
+        except docker.errors.ImageNotFound as exc:
+            raise InfraError(f"image {image} vanished: {lab.describe_docker_error(exc)}") from exc
+        except docker.errors.DockerException as exc:
+            raise InfraError(
+                f"BuildKit container failed: {lab.describe_docker_error(exc)}"
+            ) from exc
+        finally:
+            if container is not None and not env.keep:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
+
+    def _copy_cache_out(self) -> None:
+        env = self.env
+        assert env is not None and self.cache_dir is not None
+        container = getattr(self, "_export_container", None)
+        if container is None:
+            return
+        try:
+            self.cache_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_dir.parent / "cache-export"
+            tmp.mkdir(exist_ok=True)
+            lab.copy_out(container, CACHE_DIR, str(tmp))
+            (tmp / "cache").rename(self.cache_dir)
+            tmp.rmdir()
+        except (OSError, docker.errors.DockerException) as exc:
+            raise InfraError(f"cannot copy the local cache out: {exc}") from exc
+        finally:
+            self._export_container = None
+            if not env.keep:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
+
+    def _fetch_output(self, container: Any, dest: str, tag: str) -> Path | None:
+        env = self.env
+        assert env is not None
+        outdir = env.work_dir / "outputs"
+        outdir.mkdir(parents=True, exist_ok=True)
+        try:
+            lab.copy_out(container, dest, str(outdir))
+        except FileNotFoundError:
+            return None
+        produced = outdir / Path(dest).name
+        final = outdir / f"{tag}.tar"
+        produced.replace(final)
+        return final
+
+    @staticmethod
+    def _logs(container: Any) -> str:
+        try:
+            return container.logs(stdout=True, stderr=True).decode(errors="replace")
+        except docker.errors.DockerException as exc:
+            return f"(logs unavailable: {exc})"
+
+    @staticmethod
+    def _header(kwargs: dict[str, Any]) -> str:
+        return f"# container: {lab.container_kwargs_for_log(kwargs)}\n"
+
+    # daemon mode ---------------------------------------------------------------
+    def _start_daemon(self) -> Any:
+        env = self.env
+        assert env is not None
+        name = f"{lab.NAME_PREFIX}-{env.run_id}-l{self.lane}-daemon-c{self._cycle}"
+        kwargs = self.container_kwargs(self.image, [], "buildkit-daemon", name)
+        try:
+            daemon = env.client.containers.create(**kwargs)
+            daemon.put_archive("/", self._staging_tar())
+            daemon.start()
+        except docker.errors.DockerException as exc:
+            raise InfraError(f"cannot start buildkitd: {lab.describe_docker_error(exc)}") from exc
+        self.daemon = daemon
+
+        def ready() -> bool:
+            daemon.reload()
+            if daemon.status in ("exited", "dead"):
+                raise InfraError(f"buildkitd exited: {log_tail(self._logs(daemon), 3)}")
+            code, _ = daemon.exec_run(["buildctl", "debug", "workers"])
+            return code == 0
+
+        lab.wait_until(
+            ready,
+            timeout=self.startup_timeout,
+            interval=0.2,
+            what="buildkitd",
+            transient=(OSError, docker.errors.APIError),
+            logs=lambda: self._logs(daemon),
+        )
+        return daemon
+
+    def _stop_daemon(self) -> None:
+        if self.daemon is None:
+            return
+        env = self.env
+        if env is not None and env.keep:
+            self.daemon = None
+            return
+        with contextlib.suppress(docker.errors.DockerException):
+            self.daemon.remove(force=True)
+        self.daemon = None
+
+    def _run_in_daemon(self, args: list[str], tag: str, dest: str) -> BuildOutput:
+        env = self.env
+        assert env is not None
+        started = time.monotonic()
+        phases: dict[str, float] = {}
+        if self.daemon is None:
+            t0 = time.monotonic()
+            self._start_daemon()
+            phases["daemon_start"] = time.monotonic() - t0
+        daemon = self.daemon
+        t0 = time.monotonic()
+        try:
+            code, output = daemon.exec_run(["buildctl", *args])
+        except docker.errors.DockerException as exc:
+            raise InfraError(f"buildctl exec failed: {lab.describe_docker_error(exc)}") from exc
+        phases["build"] = time.monotonic() - t0
+        log = output.decode(errors="replace")
+        write_log(
+            env, f"{tag}.log", f"# exec in {daemon.name}: buildctl {shlex.join(args)}\n" + log
+        )
+        if code != 0:
+            raise BuildFailed(
+                f"buildctl exited {code}: {log_tail(log, 1)}",
+                log_tail=log_tail(log),
+                exit_code=code,
+            )
+        t0 = time.monotonic()
+        tarball = self._fetch_output(daemon, dest, tag)
+        with contextlib.suppress(docker.errors.DockerException):
+            daemon.exec_run(["rm", "-f", dest])
+        phases["copy_out"] = time.monotonic() - t0
+        return BuildOutput(tarball, log, time.monotonic() - started, phases=phases)
+
+
+def _reason(log: str) -> str:
+    """The most telling line of a failed BuildKit log: the first error, else the last line."""
+    for line in log.splitlines():
+        low = line.lower()
+        if "error" in low or "failed" in low:
+            return line.strip()[:300]
+    return log_tail(log, 1)[:300]

@@ -1,0 +1,440 @@
+"""``repro-lib``: commands over the package's functions. Errors map to exit codes here only."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import BuildFailed, InfraError, MissingRequirement, ReproError, UsageError
+
+#: one table from error class to exit code; 1 is reserved for "a missing layer was seen"
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (UsageError, 2),
+    (MissingRequirement, 2),
+    (InfraError, 2),
+    (BuildFailed, 2),
+    (ReproError, 2),
+]
+EXIT_MISSING_LAYER = 1
+EXIT_INTERRUPTED = 130
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C so every context manager removes what it made.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        signal.signal(signal.SIGTERM, _terminate)
+        try:
+            return func(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo(
+                "repro-lib: interrupted; removed what this run made, kept recorded trials", err=True
+            )
+            sys.exit(EXIT_INTERRUPTED)
+        except ReproError as exc:
+            code = next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+            click.echo(f"repro-lib: error: {exc.one_line()}", err=True)
+            sys.exit(code)
+
+    return wrapper
+
+
+def _client(engine_host: str | None):
+    from .lab import connect
+
+    return connect(engine_host)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="repro-lib")
+def main() -> None:
+    """buildkit-repro lab: run many trials of BuildKit's missing-layer bug and report the evidence."""
+
+
+def _positive(name: str) -> Callable[[click.Context, click.Parameter, int], int]:
+    def check(ctx: click.Context, param: click.Parameter, value: int) -> int:
+        if value is not None and value < 1:
+            raise click.BadParameter(f"must be at least 1 (got {value})")
+        return value
+
+    return check
+
+
+def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by `reproduce` and `sweep`."""
+    options = [
+        click.option(
+            "--backend",
+            type=click.Choice(["container", "engine"]),
+            default="container",
+            show_default=True,
+            help="container: a moby/buildkit image run as the public script does; engine: Docker Engine's built-in BuildKit with an inline cache.",
+        ),
+        click.option(
+            "--mode",
+            type=click.Choice(["daemonless", "daemon"]),
+            default="daemonless",
+            show_default=True,
+            help="container backend: a fresh buildkitd per try (daemonless, the public script) or one buildkitd per reset cycle (daemon).",
+        ),
+        click.option(
+            "--output",
+            "output",
+            type=click.Choice(["tar", "oci"]),
+            default="tar",
+            show_default=True,
+            help="Result format: a flattened filesystem tarball, or an OCI image tarball whose layers are counted.",
+        ),
+        click.option(
+            "--offline",
+            is_flag=True,
+            help="Never pull: use local images only and seed the mirror by pushing the scenario's base image from the local engine.",
+        ),
+        click.option(
+            "--no-cleanup",
+            is_flag=True,
+            help="Keep registries, volumes and files after the run and print where they are (clean later with `repro-lib clean --all`).",
+        ),
+        click.option(
+            "--skip-create-cache",
+            is_flag=True,
+            help="Do not export a cache; import the one named by --cache-ref (registry/inline) or --cache-dir (local) from an earlier --no-cleanup run.",
+        ),
+        click.option(
+            "--cache-ref",
+            default=None,
+            help="Registry reference of an existing cache (with --skip-create-cache).",
+        ),
+        click.option(
+            "--cache-dir",
+            default=None,
+            type=click.Path(file_okay=False),
+            help="Directory of an existing local cache (with --skip-create-cache).",
+        ),
+        click.option(
+            "--skip-tests", is_flag=True, help="Only export the cache; run no import tries."
+        ),
+        click.option(
+            "--stop-on-failure",
+            is_flag=True,
+            help="Stop at the first missing layer (the public script's behaviour); by default the lab keeps going and counts.",
+        ),
+        click.option(
+            "--scenario",
+            "scenario",
+            default=None,
+            type=click.Path(file_okay=False),
+            help="A scenario directory: Dockerfile, context files and expected.txt naming the expected paths. Default: the built-in reference scenario.",
+        ),
+        click.option(
+            "--base-image",
+            default=None,
+            help="Replace the scenario's base image (build-arg BASE_IMAGE; default alpine:latest).",
+        ),
+        click.option(
+            "--registry-image",
+            default="registry:2",
+            show_default=True,
+            help="Image of the cache and mirror registries.",
+        ),
+        click.option(
+            "--privileged/--no-privileged",
+            default=None,
+            help="Run BuildKit --privileged. Default: only for rootful images; rootless ones use the public script's security options.",
+        ),
+        click.option(
+            "--security-opt",
+            multiple=True,
+            help="Container security option for BuildKit (repeatable); replaces the defaults (seccomp/apparmor unconfined for rootless).",
+        ),
+        click.option(
+            "--buildkitd-flags",
+            default="",
+            help="Extra buildkitd flags (appended to BUILDKITD_FLAGS).",
+        ),
+        click.option(
+            "--allow-prune",
+            is_flag=True,
+            help="engine backend: allow pruning the builder cache of an engine the lab did not start (destroys its build cache).",
+        ),
+        click.option(
+            "--docker-cli",
+            default=None,
+            help="engine backend: docker CLI to run `docker build` with (default: the first one that can).",
+        ),
+        click.option(
+            "--engine-host",
+            default=None,
+            envvar="DOCKER_HOST",
+            help="Docker engine to use, e.g. unix:///path/docker.sock (default: $DOCKER_HOST or the local socket).",
+        ),
+        click.option(
+            "--store",
+            "store_path",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Results store (default: data/raw/trials.sqlite under the project root).",
+        ),
+        click.option(
+            "--build-timeout",
+            default=600.0,
+            show_default=True,
+            type=float,
+            help="Seconds one build may take.",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print the summary as one JSON object on the last line of stdout.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _options_from(kwargs: dict[str, Any], **extra: Any):
+    from .batch import BatchOptions
+
+    backend = kwargs["backend"]
+    return BatchOptions(
+        backend=backend,
+        mode=kwargs["mode"],
+        output=kwargs["output"],
+        offline=kwargs["offline"],
+        no_cleanup=kwargs["no_cleanup"],
+        skip_create_cache=kwargs["skip_create_cache"],
+        cache_ref=kwargs["cache_ref"],
+        cache_dir=kwargs["cache_dir"],
+        skip_tests=kwargs["skip_tests"],
+        stop_on_failure=kwargs["stop_on_failure"],
+        scenario=kwargs["scenario"],
+        base_image=kwargs["base_image"],
+        registry_image=kwargs["registry_image"],
+        privileged=kwargs["privileged"],
+        security_opt=list(kwargs["security_opt"]) or None,
+        buildkitd_flags=kwargs["buildkitd_flags"],
+        allow_prune=kwargs["allow_prune"],
+        docker_cli=kwargs["docker_cli"],
+        build_timeout=kwargs["build_timeout"],
+        **extra,
+    )
+
+
+@main.command()
+@click.option(
+    "--image",
+    default="moby/buildkit:v0.9.0-rootless",
+    show_default=True,
+    help="BuildKit image that imports the cache (container backend).",
+)
+@click.option(
+    "--cache-image",
+    default=None,
+    help="BuildKit image that exports the cache (default: --image); differing images test the cross-version case.",
+)
+@click.option(
+    "--tries",
+    default=20,
+    show_default=True,
+    type=int,
+    callback=_positive("tries"),
+    help="Import builds to run.",
+)
+@click.option(
+    "--reset-freq",
+    default=4,
+    show_default=True,
+    type=int,
+    callback=_positive("reset-freq"),
+    help="Start from a fresh BuildKit state every K tries (the first try always starts fresh).",
+)
+@click.option(
+    "--cache",
+    type=click.Choice(["registry", "local", "inline"]),
+    default=None,
+    help="Cache type: registry (default) or local for the container backend; inline for the engine backend.",
+)
+@batch_options
+@handle_errors
+def reproduce(
+    image: str,
+    cache_image: str | None,
+    tries: int,
+    reset_freq: int,
+    cache: str | None,
+    **kwargs: Any,
+) -> None:
+    """Run one reproduction batch: export the cache once, then TRIES import builds.
+
+    Exit status: 0 no missing layer seen, 1 a missing layer was seen, 2 usage or
+    environment error, 130 interrupted.
+    """
+    from .batch import LabSession, run_batch
+    from .config import Paths
+    from .lab import new_run_id
+    from .scenario import load_scenario
+    from .store import Store
+
+    cache = cache or ("inline" if kwargs["backend"] == "engine" else "registry")
+    if kwargs["backend"] == "container" and cache == "inline":
+        raise UsageError("--cache inline needs --backend engine")
+    options = _options_from(
+        kwargs,
+        image=image,
+        cache_image=cache_image,
+        tries=tries,
+        reset_freq=reset_freq,
+        cache=cache,
+    )
+    options.validate()
+    scenario = load_scenario(options.scenario, base_image=options.base_image)
+    paths = Paths.from_env()
+    client = _client(kwargs["engine_host"])
+    run_id = new_run_id()
+    need_mirror = options.backend == "container"
+    with Store(kwargs["store_path"] or paths.store) as store, LabSession(
+        client,
+        run_id,
+        paths=paths,
+        offline=options.offline,
+        registry_image=options.registry_image,
+        need_mirror=need_mirror,
+        seed_images=scenario.base_images(),
+        keep=options.no_cleanup,
+    ) as session:
+        progress = _progress(options.tries, f"{run_id}")
+        try:
+            summary = run_batch(
+                session,
+                options,
+                store,
+                run_id=run_id,
+                scenario=scenario,
+                on_record=progress.record,
+                on_phase=progress.phase,
+            )
+        finally:
+            progress.close()
+    _print_summary(summary.as_dict(), kwargs["as_json"])
+    sys.exit(EXIT_MISSING_LAYER if summary.failures else 0)
+
+
+class _Progress:
+    def __init__(self, total: int, label: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=label, unit="try", file=sys.stderr, dynamic_ncols=True)
+        self.failures = self.errors = 0
+
+    def phase(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+
+    def record(self, record: Any) -> None:
+        from .records import Outcome
+
+        self.failures += record.outcome is Outcome.MISSING_LAYER
+        self.errors += record.outcome in (Outcome.BUILD_ERROR, Outcome.INFRA_ERROR)
+        self.bar.set_postfix_str(f"missing={self.failures} errors={self.errors}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(total: int, label: str) -> _Progress:
+    return _Progress(total, label)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    lines = [
+        f"run {summary['run_id']}  backend={summary['backend']} mode={summary['mode']} image={summary['image']}"
+        + (
+            f" cache_image={summary['cache_image']}"
+            if summary["cache_image"] != summary["image"]
+            else ""
+        ),
+        f"cache={summary['cache_type']} reset every {summary['reset_freq']} tries",
+        f"tries: {summary['tries']}  missing-layer failures: {summary['failures']}  "
+        f"build errors: {summary['build_errors']}  infra errors: {summary['infra_errors']}"
+        + (
+            f"  tries without cache hits: {summary['no_cache_tries']}"
+            if summary.get("no_cache_tries")
+            else ""
+        ),
+        f"failure rate: {_pct(summary['rate'])}  (95% Wilson interval {_pct(summary['ci_low'])} – {_pct(summary['ci_high'])})",
+    ]
+    if summary["failure_positions"]:
+        lines.append(
+            "failures at positions since reset: "
+            + ", ".join(map(str, summary["failure_positions"]))
+        )
+    if summary.get("stopped"):
+        lines.append(f"stopped early: {summary['stopped']}")
+    if summary.get("kept"):
+        lines.append(
+            "kept (--no-cleanup): " + ", ".join(f"{k}={v}" for k, v in summary["kept"].items() if v)
+        )
+    lines.append(f"logs: {summary['work_dir']}/logs")
+    if as_json:
+        click.echo("\n".join(lines), err=True)
+        click.echo(json.dumps(summary, default=str))
+    else:
+        click.echo("\n".join(lines))
+
+
+@main.command(name="clean")
+@click.option(
+    "--run",
+    "run_id",
+    default=None,
+    help="Remove everything of this run or sweep id (even if its process lives).",
+)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Remove everything labelled by the lab, live runs included.",
+)
+@click.option("--engine-host", default=None, envvar="DOCKER_HOST", help="Docker engine to clean.")
+@handle_errors
+def clean(run_id: str | None, everything: bool, engine_host: str | None) -> None:
+    """Remove containers, volumes and scratch files that lab runs left behind.
+
+    Without options only objects of runs whose process is gone are removed, so
+    a run in progress is never disturbed.
+    """
+    from .batch import reap_dead_run_dirs, remove_scratch
+    from .config import Paths
+    from .lab import sweep
+
+    client = _client(engine_host)
+    result = sweep(client, run_id, include_live=everything)
+    paths = Paths.from_env()
+    dirs = reap_dead_run_dirs(paths)
+    if run_id:
+        remove_scratch(paths.run_dir(run_id))
+    click.echo(
+        f"removed {len(result.containers)} containers, {len(result.volumes)} volumes, "
+        f"{len(result.images)} images, scratch files of {len(dirs)} runs"
+        + (f"; left {len(result.skipped_live)} objects of live runs" if result.skipped_live else "")
+    )
+
+
+main.add_command(clean, name="cleanup")

@@ -1,0 +1,65 @@
+"""Every path the lab uses, derived from one project root.
+
+``REPRO_LIB_HOME`` overrides the root (tests point it at a temporary
+directory); otherwise the current working directory is the project root, so
+``data/`` lands next to where the user runs ``repro-lib``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SCENARIOS_DIR = PACKAGE_DIR / "scenarios"
+
+LABEL_PREFIX = "repro-lib."
+RUN_LABEL = "repro-lib.run"
+OWNER_PID_LABEL = "repro-lib.owner-pid"
+OWNER_HOST_LABEL = "repro-lib.owner-host"
+ROLE_LABEL = "repro-lib.role"
+ENGINE_LABEL = "repro-lib.engine"
+NAME_PREFIX = "repro-lib"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where raw results, derived tables, logs and reports live."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> Paths:
+        return cls(Path(os.environ.get("REPRO_LIB_HOME", os.getcwd())).resolve())
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def raw(self) -> Path:
+        return self.data / "raw"
+
+    @property
+    def processed(self) -> Path:
+        return self.data / "processed"
+
+    @property
+    def store(self) -> Path:
+        return self.raw / "trials.sqlite"
+
+    @property
+    def runs(self) -> Path:
+        return self.data / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs / run_id
+
+    @property
+    def engines(self) -> Path:
+        return self.data / "engines"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"

@@ -1,0 +1,80 @@
+"""The trial record: the contract between running trials and analysing them."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Outcome(str, enum.Enum):
+    """What one try showed.
+
+    A build error is never counted as a missing layer, and a missing layer is
+    never hidden by a build error: ``missing_layer`` is only given to a build
+    that succeeded and produced a readable tarball lacking an expected path.
+    """
+
+    OK = "ok"
+    MISSING_LAYER = "missing_layer"
+    BUILD_ERROR = "build_error"
+    INFRA_ERROR = "infra_error"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One try of one batch, as stored (one row of ``trials``)."""
+
+    run_id: str
+    trial: int  # 1-based within the run
+    started_at: str  # ISO 8601, UTC
+    duration_s: float
+    backend: str  # container | engine
+    image: str  # the BuildKit image (or engine) that imported the cache
+    version: str  # BuildKit version of the importer
+    cache_image: str  # who exported the cache
+    cache_version: str
+    cache_type: str  # registry | local | inline
+    mode: str  # daemonless | daemon | engine
+    reset_freq: int
+    since_reset: int  # 1-based position after the last reset
+    reset_index: int  # 0-based number of the reset cycle this try belongs to
+    lane: int
+    outcome: Outcome
+    missing: list[str] = field(default_factory=list)
+    layers: int | None = None
+    layer_digests: list[str] = field(default_factory=list)
+    cache_hits: int | None = None  # steps reported CACHED; None when the backend cannot tell
+    cache_steps: int | None = None  # steps that could have been cached
+    cache_pulled: int | None = None  # cache blobs pulled from the cache registry
+    scenario: str = "reference"
+    sweep_id: str | None = None
+    cell: str | None = None
+    engine_version: str = ""
+    kernel: str = ""
+    package_version: str = ""
+    detail: str = ""  # error summary or verification evidence
+    log_path: str = ""
+    buildkit_version: str = ""  # for the engine backend: the BuildKit the engine vendors
+    privileged: bool = False  # whether the BuildKit container ran --privileged
+
+    def to_row(self) -> dict[str, Any]:
+        row = dataclasses.asdict(self)
+        row["outcome"] = self.outcome.value
+        row["missing"] = json.dumps(self.missing)
+        row["layer_digests"] = json.dumps(self.layer_digests)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> TrialRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in row.items() if k in names}
+        values["outcome"] = Outcome(values["outcome"])
+        values["missing"] = json.loads(values.get("missing") or "[]")
+        values["layer_digests"] = json.loads(values.get("layer_digests") or "[]")
+        return cls(**values)
+
+
+TRIAL_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialRecord))

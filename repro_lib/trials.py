@@ -1,0 +1,237 @@
+"""The trial loop: reset on schedule, build with the cache, verify, record each try.
+
+The loop knows only the :class:`~repro_lib.builders.Backend` protocol. Each
+record is appended to the store the moment its try ends.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .builders import Backend, BatchEnv, BuildOutput
+from .errors import BuildFailed, InfraError, UsageError, VerifyError
+from .lab import HostFacts
+from .records import Outcome, TrialRecord
+from .store import Store, utcnow
+from .verify import verify_tarball
+
+#: consecutive infra errors after which the batch stops instead of recording more
+MAX_CONSECUTIVE_INFRA_ERRORS = 3
+
+
+def validate_counts(tries: int, reset_freq: int) -> None:
+    if tries < 1:
+        raise UsageError(f"--tries must be at least 1 (got {tries})")
+    if reset_freq < 1:
+        raise UsageError(f"--reset-freq must be at least 1 (got {reset_freq})")
+
+
+def resets_before(trial: int, reset_freq: int) -> bool:
+    """Whether the schedule starts a fresh BuildKit state before ``trial`` (1-based)."""
+    return (trial - 1) % reset_freq == 0
+
+
+def reset_schedule(tries: int, reset_freq: int) -> list[int]:
+    """The trials (1-based) that start from a fresh state."""
+    return [t for t in range(1, tries + 1) if resets_before(t, reset_freq)]
+
+
+@dataclass
+class LoopState:
+    """What the loop knows about the state it builds on: the truth, not the plan."""
+
+    since_reset: int = 0
+    reset_index: int = -1
+    consecutive_infra: int = 0
+    records: list[TrialRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    run_id: str
+    reset_freq: int
+    scenario: str
+    facts: HostFacts
+    lane: int = 0
+    sweep_id: str | None = None
+    cell: str | None = None
+
+
+def classify(
+    output: BuildOutput | None, expected: Iterable[str]
+) -> tuple[Outcome, list[str], str, dict]:
+    """Verify a finished build. Unreadable output is a build error, never ``ok``."""
+    if output is None or output.tarball is None:
+        return Outcome.BUILD_ERROR, [], "the build produced no output tarball", {}
+    try:
+        verdict = verify_tarball(output.tarball, tuple(expected))
+    except VerifyError as exc:
+        return Outcome.BUILD_ERROR, [], str(exc), {}
+    extra = {"layers": verdict.layers, "layer_digests": list(verdict.layer_digests)}
+    return verdict.outcome, list(verdict.missing), verdict.detail, extra
+
+
+def run_trials(
+    backend: Backend,
+    env: BatchEnv,
+    store: Store,
+    ctx: TrialContext,
+    trials: Iterable[int],
+    *,
+    stop_on_failure: bool = False,
+    should_stop: Callable[[list[TrialRecord]], bool] | None = None,
+    on_record: Callable[[TrialRecord], None] | None = None,
+    keep_outputs: bool = False,
+) -> LoopState:
+    """Run the given trial numbers; returns the loop state with this call's records.
+
+    The first try of a call always starts fresh (a resumed batch cannot trust a
+    state it did not build), so ``since_reset`` records what really happened.
+
+    Raises:
+        InfraError: several tries in a row failed for infrastructure reasons.
+    """
+    state = LoopState()
+    evidence_dir = env.work_dir / "evidence"
+    for trial in trials:
+        if state.reset_index < 0 or resets_before(trial, ctx.reset_freq) or state.consecutive_infra:
+            try:
+                backend.reset()
+            except InfraError as exc:
+                record = _record(
+                    backend,
+                    ctx,
+                    trial,
+                    utcnow(),
+                    0.0,
+                    state,
+                    Outcome.INFRA_ERROR,
+                    detail=f"reset failed: {exc.one_line()}",
+                )
+                _append(store, record, state, on_record)
+                state.consecutive_infra += 1
+                if state.consecutive_infra >= MAX_CONSECUTIVE_INFRA_ERRORS:
+                    raise InfraError(
+                        f"{state.consecutive_infra} infrastructure errors in a row; last: {exc.one_line()}"
+                    ) from exc
+                continue
+            state.since_reset = 0
+            state.reset_index += 1
+        state.since_reset += 1
+        started_at, t0 = utcnow(), time.monotonic()
+        output: BuildOutput | None = None
+        missing: list[str] = []
+        extra: dict = {}
+        try:
+            output = backend.build(trial)
+            outcome, missing, detail, extra = classify(output, env.scenario.expected)
+        except BuildFailed as exc:
+            outcome, detail = Outcome.BUILD_ERROR, f"{exc}\n{exc.log_tail}".strip()
+        except InfraError as exc:
+            outcome, detail = Outcome.INFRA_ERROR, exc.one_line()
+        record = _record(
+            backend,
+            ctx,
+            trial,
+            started_at,
+            time.monotonic() - t0,
+            state,
+            outcome,
+            missing=missing,
+            detail=detail,
+            output=output,
+            log_path=str(env.logs_dir / f"trial-{trial:04d}.log"),
+            **extra,
+        )
+        _append(store, record, state, on_record)
+        if output is not None and output.tarball is not None and output.tarball.exists():
+            if outcome is Outcome.MISSING_LAYER:
+                evidence_dir.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(output.tarball), evidence_dir / output.tarball.name)
+            elif not keep_outputs:
+                output.tarball.unlink()
+        if outcome is Outcome.INFRA_ERROR:
+            state.consecutive_infra += 1
+            if state.consecutive_infra >= MAX_CONSECUTIVE_INFRA_ERRORS:
+                raise InfraError(
+                    f"{state.consecutive_infra} infrastructure errors in a row; last: {detail}"
+                )
+        else:
+            state.consecutive_infra = 0
+        if stop_on_failure and outcome is Outcome.MISSING_LAYER:
+            break
+        if should_stop is not None and should_stop(state.records):
+            break
+    return state
+
+
+def _append(store: Store, record: TrialRecord, state: LoopState, on_record) -> None:
+    store.append(record)
+    state.records.append(record)
+    if on_record is not None:
+        on_record(record)
+
+
+def _record(
+    backend: Backend,
+    ctx: TrialContext,
+    trial: int,
+    started_at: str,
+    duration: float,
+    state: LoopState,
+    outcome: Outcome,
+    *,
+    missing: list[str] | None = None,
+    detail: str = "",
+    output: BuildOutput | None = None,
+    log_path: str = "",
+    layers: int | None = None,
+    layer_digests: list[str] | None = None,
+) -> TrialRecord:
+    return TrialRecord(
+        run_id=ctx.run_id,
+        trial=trial,
+        started_at=started_at,
+        duration_s=round(duration, 4),
+        backend=backend.name,
+        image=backend.image,
+        version=backend.version,
+        cache_image=backend.cache_image,
+        cache_version=backend.cache_version,
+        cache_type=backend.cache_type,
+        mode=backend.mode,
+        reset_freq=ctx.reset_freq,
+        since_reset=state.since_reset,
+        reset_index=max(state.reset_index, 0),
+        lane=ctx.lane,
+        outcome=outcome,
+        missing=missing or [],
+        layers=layers,
+        layer_digests=layer_digests or [],
+        cache_hits=output.cache_hits if output else None,
+        cache_steps=output.cache_steps if output else None,
+        cache_pulled=output.cache_pulled if output else None,
+        scenario=ctx.scenario,
+        sweep_id=ctx.sweep_id,
+        cell=ctx.cell,
+        engine_version=ctx.facts.engine_version,
+        kernel=ctx.facts.kernel,
+        package_version=__version__,
+        detail=detail[:4000],
+        log_path=log_path,
+        buildkit_version=backend.buildkit_version,
+        privileged=bool(backend.privileged),
+    )
+
+
+def positions_of_failures(records: Iterable[TrialRecord]) -> list[int]:
+    return [r.since_reset for r in records if r.outcome is Outcome.MISSING_LAYER]
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,229 @@
+"""Read a build's output tarball and decide whether every expected path is there.
+
+Three kinds of tarball are understood:
+
+* ``rootfs``: BuildKit's ``--output type=tar``, the image's filesystem flattened;
+* ``oci``: ``--output type=oci`` (``index.json`` + ``blobs/``), layers kept apart;
+* ``docker``: ``docker save`` / ``type=docker`` (``manifest.json``).
+
+For the image kinds the layers are applied in order (whiteouts included) and
+their count and digests become evidence. A tarball that cannot be read, is
+empty, or has no entries raises :class:`VerifyError`; it is never ``ok``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import posixpath
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import VerifyError
+from .records import Outcome
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome  # OK or MISSING_LAYER; unreadable output raises instead
+    missing: tuple[str, ...]
+    kind: str
+    entries: int
+    layers: int | None = None
+    layer_digests: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def detail(self) -> str:
+        if not self.missing:
+            return f"all expected paths present ({self.entries} entries, kind={self.kind})"
+        return "missing: " + ", ".join(self.missing)
+
+
+def _norm(name: str) -> str:
+    name = posixpath.normpath("/" + name.lstrip("./").lstrip("/"))
+    return name.lstrip("/")
+
+
+def _open_tar(data: bytes | Path, what: str) -> tarfile.TarFile:
+    try:
+        if isinstance(data, Path):
+            return tarfile.open(data, mode="r:*")
+        return tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        raise VerifyError(f"{what} is not a readable tar archive: {exc}") from exc
+
+
+def _members(tar: tarfile.TarFile, what: str) -> list[tarfile.TarInfo]:
+    try:
+        members = tar.getmembers()
+        # Reading every payload catches truncation that the headers alone hide.
+        for m in members:
+            if m.isfile():
+                f = tar.extractfile(m)
+                if f is not None:
+                    while f.read(1 << 20):
+                        pass
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile, zlib_error()) as exc:
+        raise VerifyError(f"{what} is truncated or corrupt: {exc}") from exc
+    return members
+
+
+def zlib_error() -> type[BaseException]:
+    import zlib
+
+    return zlib.error
+
+
+def _paths_of(members: list[tarfile.TarInfo]) -> tuple[set[str], set[str]]:
+    files, dirs = set(), set()
+    for m in members:
+        name = _norm(m.name)
+        if not name or name == ".":
+            continue
+        (dirs if m.isdir() else files).add(name)
+        parent = posixpath.dirname(name)
+        while parent:
+            dirs.add(parent)
+            parent = posixpath.dirname(parent)
+    return files, dirs
+
+
+def _missing(expected: tuple[str, ...], files: set[str], dirs: set[str]) -> tuple[str, ...]:
+    out = []
+    for path in expected:
+        want_dir = path.endswith("/")
+        name = _norm(path)
+        present = name in dirs if want_dir else (name in files or name in dirs)
+        if not present:
+            out.append(path)
+    return tuple(out)
+
+
+def _apply_layers(layers: list[bytes], what: str) -> tuple[set[str], set[str], int]:
+    """Union of layer filesystems with OCI whiteouts; returns files, dirs, entry count."""
+    present: dict[str, bool] = {}  # path -> is_dir
+    entries = 0
+    for index, blob in enumerate(layers):
+        tar = _open_tar(blob, f"{what} layer {index + 1}")
+        with tar:
+            members = _members(tar, f"{what} layer {index + 1}")
+        for m in members:
+            name = _norm(m.name)
+            base = posixpath.basename(name)
+            parent = posixpath.dirname(name)
+            if base == ".wh..wh..opq":
+                for p in [p for p in present if p.startswith(parent + "/") if parent]:
+                    del present[p]
+                continue
+            if base.startswith(".wh."):
+                gone = posixpath.join(parent, base[4:])
+                for p in [p for p in present if p == gone or p.startswith(gone + "/")]:
+                    del present[p]
+                continue
+            if name:
+                present[name] = m.isdir()
+                entries += 1
+    files = {p for p, is_dir in present.items() if not is_dir}
+    dirs = {p for p, is_dir in present.items() if is_dir}
+    for p in list(present):
+        parent = posixpath.dirname(p)
+        while parent:
+            dirs.add(parent)
+            parent = posixpath.dirname(parent)
+    return files, dirs, entries
+
+
+def _read_member(tar: tarfile.TarFile, name: str, what: str) -> bytes:
+    for candidate in (name, "./" + name):
+        try:
+            f = tar.extractfile(candidate)
+        except KeyError:
+            continue
+        if f is not None:
+            return f.read()
+    raise VerifyError(f"{what}: {name} is missing from the image archive")
+
+
+def verify_tarball(path: str | Path, expected: tuple[str, ...] | list[str]) -> Verdict:
+    """Check that the output at ``path`` holds every expected path.
+
+    Raises:
+        VerifyError: the file is absent, empty, not a tar archive, truncated, or has no entries.
+    """
+    path = Path(path)
+    expected = tuple(expected)
+    what = f"output {path.name}"
+    if not path.is_file():
+        raise VerifyError(f"{what} was not produced")
+    if path.stat().st_size == 0:
+        raise VerifyError(f"{what} is empty (0 bytes)")
+    with _open_tar(path, what) as tar:
+        members = _members(tar, what)
+        names = {_norm(m.name) for m in members}
+        if not members:
+            raise VerifyError(f"{what} has no entries")
+        if "index.json" in names and "oci-layout" in names:
+            return _verify_oci(tar, expected, what)
+        if "manifest.json" in names and any(
+            n.startswith("blobs/") or n.endswith(".tar") for n in names
+        ):
+            return _verify_docker_archive(tar, expected, what)
+        files, dirs = _paths_of(members)
+        return Verdict(
+            outcome=Outcome.MISSING_LAYER if _missing(expected, files, dirs) else Outcome.OK,
+            missing=_missing(expected, files, dirs),
+            kind="rootfs",
+            entries=len(members),
+        )
+
+
+def _blob(tar: tarfile.TarFile, digest: str, what: str) -> bytes:
+    algo, _, hexpart = digest.partition(":")
+    return _read_member(tar, f"blobs/{algo}/{hexpart}", what)
+
+
+def _verify_oci(tar: tarfile.TarFile, expected: tuple[str, ...], what: str) -> Verdict:
+    try:
+        index = json.loads(_read_member(tar, "index.json", what))
+        desc = index["manifests"][0]
+        manifest = json.loads(_blob(tar, desc["digest"], what))
+        if "manifests" in manifest:  # a nested index (multi-platform)
+            manifest = json.loads(_blob(tar, manifest["manifests"][0]["digest"], what))
+        digests = [layer["digest"] for layer in manifest["layers"]]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise VerifyError(f"{what}: malformed OCI layout: {exc}") from exc
+    blobs = [_blob(tar, d, what) for d in digests]
+    files, dirs, entries = _apply_layers(blobs, what)
+    missing = _missing(expected, files, dirs)
+    return Verdict(
+        outcome=Outcome.MISSING_LAYER if missing else Outcome.OK,
+        missing=missing,
+        kind="oci",
+        entries=entries,
+        layers=len(digests),
+        layer_digests=tuple(digests),
+    )
+
+
+def _verify_docker_archive(tar: tarfile.TarFile, expected: tuple[str, ...], what: str) -> Verdict:
+    try:
+        manifest = json.loads(_read_member(tar, "manifest.json", what))[0]
+        layer_paths = list(manifest["Layers"])
+    except (KeyError, IndexError, ValueError) as exc:
+        raise VerifyError(f"{what}: malformed docker archive: {exc}") from exc
+    blobs = [_read_member(tar, p, what) for p in layer_paths]
+    files, dirs, entries = _apply_layers(blobs, what)
+    missing = _missing(expected, files, dirs)
+    digests = tuple(
+        "sha256:" + p.split("/")[-1] if p.startswith("blobs/") else p for p in layer_paths
+    )
+    return Verdict(
+        outcome=Outcome.MISSING_LAYER if missing else Outcome.OK,
+        missing=missing,
+        kind="docker",
+        entries=entries,
+        layers=len(layer_paths),
+        layer_digests=digests,
+    )
