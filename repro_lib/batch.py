@@ -20,7 +20,7 @@ from typing import Any
 import docker
 
 from . import lab
-from .builders import BatchEnv, make_backend
+from .builders import BatchEnv, backend_class
 from .config import Paths
 from .errors import InfraError, UsageError
 from .records import Outcome, TrialRecord
@@ -59,14 +59,15 @@ class BatchOptions:
     allow_prune: bool = False
     docker_cli: str | None = None
     build_timeout: float = 600
+    command: str = ""  # the command line that started the batch, for reports
 
     def validate(self) -> None:
         validate_counts(self.tries, self.reset_freq)
-        if self.backend == "engine":
-            if self.cache not in ("registry", "inline"):
-                raise UsageError("the engine backend uses an inline cache; drop --cache local")
-        elif self.cache not in ("registry", "local"):
-            raise UsageError(f"--cache {self.cache!r} needs registry or local")
+        factory = backend_class(self.backend)
+        if self.cache not in factory.cache_types:
+            raise UsageError(
+                f"the {self.backend} backend takes --cache {' or '.join(factory.cache_types)}, not {self.cache}"
+            )
         if self.skip_create_cache:
             if self.cache == "local" and not self.cache_dir:
                 raise UsageError("--skip-create-cache with --cache local needs --cache-dir")
@@ -76,29 +77,6 @@ class BatchOptions:
                 )
             if self.cache_dir and not Path(self.cache_dir).is_dir():
                 raise UsageError(f"--cache-dir {self.cache_dir} does not exist")
-
-    def backend_options(self) -> dict[str, Any]:
-        if self.backend == "engine":
-            return {
-                "allow_prune": self.allow_prune,
-                "docker_cli": self.docker_cli,
-                "cache_ref": self.cache_ref,
-                "output": self.output,
-                "build_timeout": self.build_timeout,
-            }
-        return {
-            "image": self.image,
-            "cache_image": self.cache_image,
-            "cache_type": self.cache,
-            "mode": self.mode,
-            "privileged": self.privileged,
-            "security_opt": self.security_opt,
-            "buildkitd_flags": self.buildkitd_flags,
-            "output": self.output,
-            "cache_ref": self.cache_ref,
-            "cache_dir": self.cache_dir,
-            "build_timeout": self.build_timeout,
-        }
 
 
 @dataclass
@@ -315,7 +293,7 @@ def run_batch(
     options.validate()
     scenario = scenario or load_scenario(options.scenario, base_image=options.base_image)
     facts = lab.HostFacts.of(session.client)
-    backend = make_backend(options.backend, **options.backend_options())
+    backend = backend_class(options.backend).from_options(options)
     work_dir = session.dir if run_id == session.session_id else session.dir / run_id
     env = session.env(run_id, scenario, work_dir)
     store.start_run(

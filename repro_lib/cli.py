@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -229,6 +230,7 @@ def _options_from(kwargs: dict[str, Any], **extra: Any):
         allow_prune=kwargs["allow_prune"],
         docker_cli=kwargs["docker_cli"],
         build_timeout=kwargs["build_timeout"],
+        command=shlex.join(["repro-lib", *sys.argv[1:]]),
         **extra,
     )
 
@@ -305,16 +307,19 @@ def reproduce(
     client = _client(kwargs["engine_host"])
     run_id = new_run_id()
     need_mirror = options.backend == "container"
-    with Store(kwargs["store_path"] or paths.store) as store, LabSession(
-        client,
-        run_id,
-        paths=paths,
-        offline=options.offline,
-        registry_image=options.registry_image,
-        need_mirror=need_mirror,
-        seed_images=scenario.base_images(),
-        keep=options.no_cleanup,
-    ) as session:
+    with (
+        Store(kwargs["store_path"] or paths.store) as store,
+        LabSession(
+            client,
+            run_id,
+            paths=paths,
+            offline=options.offline,
+            registry_image=options.registry_image,
+            need_mirror=need_mirror,
+            seed_images=scenario.base_images(),
+            keep=options.no_cleanup,
+        ) as session,
+    ):
         progress = _progress(options.tries, f"{run_id}")
         try:
             summary = run_batch(
@@ -333,11 +338,22 @@ def reproduce(
 
 
 class _Progress:
-    def __init__(self, total: int, label: str) -> None:
-        from tqdm import tqdm
+    """A progress bar that appears once the batch has passed its checks."""
 
-        self.bar = tqdm(total=total, desc=label, unit="try", file=sys.stderr, dynamic_ncols=True)
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label = total, label
+        self._bar = None
         self.failures = self.errors = 0
+
+    @property
+    def bar(self):
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=self.total, desc=self.label, unit="try", file=sys.stderr, dynamic_ncols=True
+            )
+        return self._bar
 
     def phase(self, text: str) -> None:
         self.bar.set_postfix_str(text)
@@ -351,7 +367,8 @@ class _Progress:
         self.bar.update(1)
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _progress(total: int, label: str) -> _Progress:

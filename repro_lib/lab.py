@@ -34,7 +34,7 @@ from .config import (
     ROLE_LABEL,
     RUN_LABEL,
 )
-from .errors import InfraError, MissingRequirement, ReadinessTimeout, UsageError
+from .errors import InfraError, MissingRequirement, ReadinessTimeout, UsageError  # noqa: F401
 
 T = TypeVar("T")
 

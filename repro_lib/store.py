@@ -74,6 +74,7 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
         except sqlite3.DatabaseError as exc:
             raise UsageError(
                 f"cannot open results store {self.path}: {exc}",
@@ -84,6 +85,14 @@ class Store:
                 f"cannot create results store {self.path}: {exc}",
                 hint="check that data/ is writable",
             ) from exc
+
+    def _add_missing_columns(self) -> None:
+        """Stores written by an older version gain the newer columns (as NULL)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(trials)")}
+        for column in TRIAL_COLUMNS:
+            if column not in have:
+                sql_type = _SQL_TYPES.get(column, "TEXT").replace(" NOT NULL", "")
+                self._db.execute(f"ALTER TABLE trials ADD COLUMN {column} {sql_type}")
 
     def close(self) -> None:
         self._db.close()

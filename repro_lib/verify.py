@@ -211,14 +211,14 @@ def _verify_docker_archive(tar: tarfile.TarFile, expected: tuple[str, ...], what
     try:
         manifest = json.loads(_read_member(tar, "manifest.json", what))[0]
         layer_paths = list(manifest["Layers"])
+        config = json.loads(_read_member(tar, manifest["Config"], what))
+        diff_ids = list(config["rootfs"]["diff_ids"])
     except (KeyError, IndexError, ValueError) as exc:
         raise VerifyError(f"{what}: malformed docker archive: {exc}") from exc
     blobs = [_read_member(tar, p, what) for p in layer_paths]
     files, dirs, entries = _apply_layers(blobs, what)
     missing = _missing(expected, files, dirs)
-    digests = tuple(
-        "sha256:" + p.split("/")[-1] if p.startswith("blobs/") else p for p in layer_paths
-    )
+    digests = tuple(diff_ids)
     return Verdict(
         outcome=Outcome.MISSING_LAYER if missing else Outcome.OK,
         missing=missing,

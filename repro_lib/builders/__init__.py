@@ -7,6 +7,8 @@ knows the :class:`Backend` protocol, so a new backend is one new module.
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,14 +109,19 @@ def register(name: str) -> Callable[[Callable[..., Backend]], Callable[..., Back
     return deco
 
 
-def make_backend(name: str, **options: Any) -> Backend:
+def backend_class(name: str) -> Any:
+    """The registered backend class called ``name``.
+
+    Each class has ``cache_types`` and a ``from_options(BatchOptions)`` constructor.
+    """
+    if name not in BACKENDS:
+        load_plugins()
     try:
-        factory = BACKENDS[name]
+        return BACKENDS[name]
     except KeyError:
         raise UsageError(
             f"unknown backend {name!r}", hint=f"choose one of: {', '.join(sorted(BACKENDS))}"
         ) from None
-    return factory(**options)
 
 
 def check_feature(feature: str) -> None:
@@ -168,6 +175,19 @@ def write_log(env: BatchEnv, name: str, text: str) -> Path:
 
 def log_tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def load_plugins() -> None:
+    """Import extra backend modules named in ``REPRO_LIB_BACKEND_MODULES`` (comma-separated).
+
+    A module registers its backend with :func:`register` on import, so a third
+    backend needs no change here.
+    """
+    for name in filter(None, os.environ.get("REPRO_LIB_BACKEND_MODULES", "").split(",")):
+        try:
+            importlib.import_module(name.strip())
+        except ImportError as exc:
+            raise UsageError(f"cannot import backend module {name!r}: {exc}") from exc
 
 
 from . import container as _container  # noqa: E402,F401  (registers "container")

@@ -71,6 +71,23 @@ class ContainerBackend:
     """
 
     name = "container"
+    cache_types = CACHE_TYPES
+
+    @classmethod
+    def from_options(cls, options: Any) -> ContainerBackend:
+        return cls(
+            options.image,
+            cache_image=options.cache_image,
+            cache_type=options.cache,
+            mode=options.mode,
+            privileged=options.privileged,
+            security_opt=options.security_opt,
+            buildkitd_flags=options.buildkitd_flags,
+            output=options.output,
+            cache_ref=options.cache_ref,
+            cache_dir=options.cache_dir,
+            build_timeout=options.build_timeout,
+        )
 
     def __init__(
         self,

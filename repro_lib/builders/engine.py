@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -114,6 +115,21 @@ class EngineBackend:
     mode = "engine"
     cache_type = "inline"
     privileged = False
+    cache_types = ("inline",)
+
+    @classmethod
+    def from_options(cls, options: Any) -> EngineBackend:
+        if options.mode != "daemonless":
+            raise UsageError("--mode applies to the container backend only")
+        return cls(
+            allow_prune=options.allow_prune,
+            docker_cli=options.docker_cli,
+            cache_ref=options.cache_ref,
+            output=options.output,
+            build_timeout=options.build_timeout,
+            image=options.image,
+            cache_image=options.cache_image,
+        )
 
     def __init__(
         self,
@@ -126,8 +142,9 @@ class EngineBackend:
         image: str | None = None,
         cache_image: str | None = None,
     ) -> None:
-        if output not in ("tar", "oci"):
-            raise UsageError(f"output {output!r} needs tar or oci")
+        if output != "tar":
+            # Engine 20.10's built-in BuildKit has no OCI exporter; a tar is what all engines give.
+            raise UsageError("the engine backend writes --output tar only")
         if cache_image and cache_image != image:
             raise UsageError("--cache-image applies to the container backend only")
         self.allow_prune = allow_prune
@@ -143,7 +160,7 @@ class EngineBackend:
         self.context_dir: Path | None = None
 
     def supports(self, feature: str) -> bool:
-        return feature in {"inline-cache", "oci-output"}
+        return feature in {"inline-cache"}
 
     def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
         self.env = env

@@ -1,0 +1,257 @@
+"""Matplotlib figures of trial results.
+
+Every function takes a trials DataFrame (as from ``load_results``) and
+returns a new ``matplotlib.figure.Figure`` built with the object-oriented API
+(no pyplot state, so it works under the Agg backend, in scripts and in
+notebooks). Empty data gives a figure with a centred "no data" note instead
+of an exception. Rates count only ``ok`` and ``missing_layer`` tries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .results import derive, version_key
+from .stats import Method, format_pct, rate_by_position, rates_by, tries_needed
+
+__all__ = [
+    "plot_cumulative_detection",
+    "plot_durations",
+    "plot_heatmap",
+    "plot_rate_by_position",
+    "plot_rate_vs_reset",
+]
+
+_RATE_LABEL = "P(missing layer) per try"
+_METHOD_NAMES = {"wilson": "Wilson", "beta": "Clopper-Pearson"}
+
+
+def _prepared(df: pd.DataFrame) -> pd.DataFrame:
+    if df is None:
+        return pd.DataFrame()
+    if len(df.columns) and not {"counted", "failed", "version_label"} <= set(df.columns):
+        df = derive(df)
+    return df
+
+
+def _counted(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty or "counted" not in df.columns:
+        return df.iloc[0:0]
+    return df[df["counted"]]
+
+
+def _no_data(title: str, message: str = "no data") -> Figure:
+    fig = Figure(figsize=(6.4, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=14)
+    ax.set_axis_off()
+    return fig
+
+
+def _conf(alpha: float) -> str:
+    return f"{100 * (1 - alpha):g}%"
+
+
+def _series_labels(df: pd.DataFrame) -> list[str]:
+    return sorted(df["version_label"].dropna().unique(), key=version_key)
+
+
+def _errorbars(table: pd.DataFrame) -> np.ndarray:
+    rate = table["rate"].to_numpy(float)
+    low = np.clip(rate - table["ci_low"].to_numpy(float), 0, None)
+    high = np.clip(table["ci_high"].to_numpy(float) - rate, 0, None)
+    return np.vstack([low, high])
+
+
+def plot_rate_vs_reset(
+    df: pd.DataFrame, *, method: Method = "wilson", alpha: float = 0.05
+) -> Figure:
+    """Failure probability against reset frequency, one line per version.
+
+    x: tries per fresh BuildKit state (``reset_freq``, log2 axis); y: observed
+    rate with its two-sided ``1 - alpha`` interval as error bars.
+    """
+    title = "Missing-layer probability vs reset frequency"
+    d = _counted(_prepared(df))
+    d = d[d["reset_freq"].notna()] if not d.empty else d
+    if d.empty:
+        return _no_data(title)
+    table = rates_by(d, ["version_label", "reset_freq"], method=method, alpha=alpha)
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for label in _series_labels(table):
+        t = table[table["version_label"] == label].sort_values("reset_freq")
+        ax.errorbar(
+            t["reset_freq"].to_numpy(float),
+            t["rate"].to_numpy(float),
+            yerr=_errorbars(t),
+            marker="o",
+            capsize=3,
+            label=str(label),
+        )
+    ax.set_xscale("log", base=2)
+    freqs = sorted(table["reset_freq"].astype(int).unique())
+    ax.set_xticks(freqs, [str(f) for f in freqs])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("reset frequency (tries per fresh BuildKit state, log2 scale)")
+    ax.set_ylabel(_RATE_LABEL)
+    ax.set_title(f"{title}\n(error bars: {_conf(alpha)} {_METHOD_NAMES[method]} interval)")
+    ax.legend(title="BuildKit version")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def plot_heatmap(df: pd.DataFrame, *, alpha: float = 0.05) -> Figure:
+    """Version × reset frequency grid coloured by failure rate, annotated ``k/n``.
+
+    Cells without counted tries stay blank (grey).
+    """
+    title = "Missing-layer rate by version and reset frequency"
+    d = _counted(_prepared(df))
+    d = d[d["reset_freq"].notna()] if not d.empty else d
+    if d.empty:
+        return _no_data(title)
+    table = rates_by(d, ["version_label", "reset_freq"], alpha=alpha)
+    versions = _series_labels(table)
+    freqs = sorted(table["reset_freq"].astype(int).unique())
+    grid = np.full((len(versions), len(freqs)), np.nan)
+    fig = Figure(figsize=(1.2 * len(freqs) + 3.0, 0.6 * len(versions) + 2.0), layout="constrained")
+    ax = fig.add_subplot()
+    annotations = []
+    for row in table.itertuples(index=False):
+        i, j = versions.index(row.version_label), freqs.index(int(row.reset_freq))
+        grid[i, j] = row.rate
+        annotations.append((i, j, f"{row.failures}/{row.tries}", row.rate))
+    cmap = matplotlib.colormaps["Reds"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    for i, j, text, rate in annotations:
+        colour = "white" if np.isfinite(rate) and rate > 0.6 else "black"
+        ax.text(j, i, text, ha="center", va="center", color=colour)
+    ax.set_xticks(range(len(freqs)), [str(f) for f in freqs])
+    ax.set_yticks(range(len(versions)), [str(v) for v in versions])
+    ax.set_xlabel("reset frequency (tries per fresh BuildKit state)")
+    ax.set_ylabel("BuildKit version")
+    ax.set_title(f"{title}\n(cell text: failures/tries)")
+    fig.colorbar(image, ax=ax, label="failure rate")
+    return fig
+
+
+def plot_rate_by_position(
+    df: pd.DataFrame, *, method: Method = "wilson", alpha: float = 0.05
+) -> Figure:
+    """Failure rate by position since the last reset, one line per version."""
+    title = "Missing-layer rate by position since the last reset"
+    d = _counted(_prepared(df))
+    d = d[d["since_reset"].notna()] if not d.empty else d
+    if d.empty:
+        return _no_data(title)
+    table = rate_by_position(d, "version_label", method=method, alpha=alpha)
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    labels = _series_labels(table)
+    offsets = np.linspace(-0.15, 0.15, len(labels)) if len(labels) > 1 else [0.0]
+    for label, offset in zip(labels, offsets, strict=True):
+        t = table[table["version_label"] == label].sort_values("since_reset")
+        ax.errorbar(
+            t["since_reset"].to_numpy(float) + offset,
+            t["rate"].to_numpy(float),
+            yerr=_errorbars(t),
+            marker="o",
+            capsize=3,
+            label=str(label),
+        )
+    positions = sorted(table["since_reset"].astype(int).unique())
+    if len(positions) <= 20:
+        ax.set_xticks(positions, [str(p) for p in positions])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("position since the last reset (1 = first try on a fresh state)")
+    ax.set_ylabel(_RATE_LABEL)
+    ax.set_title(f"{title}\n(error bars: {_conf(alpha)} {_METHOD_NAMES[method]} interval)")
+    ax.legend(title="BuildKit version")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def plot_cumulative_detection(
+    df: pd.DataFrame,
+    *,
+    confidence: float = 0.95,
+    max_tries: int | None = None,
+    method: Method = "wilson",
+    alpha: float = 0.05,
+) -> Figure:
+    """Probability of having seen at least one failure after ``n`` tries.
+
+    For each version the curve is ``1 - (1 - p_hat) ** n`` from its observed
+    rate; the shaded band uses the ends of the rate's interval. A dashed line
+    marks ``confidence`` and a dot marks the tries needed to reach it.
+    """
+    title = "Chance of seeing the bug at least once"
+    d = _counted(_prepared(df))
+    if d.empty:
+        return _no_data(title)
+    table = rates_by(d, "version_label", method=method, alpha=alpha)
+    if max_tries is None:
+        # long enough for the slowest affected version's lower rate bound; the
+        # upper bound of a clean version would stretch the axis for nothing
+        affected = table[table["failures"] > 0]
+        ends = affected["ci_low"] if len(affected) else table["ci_high"]
+        needs = [tries_needed(r, confidence) for r in ends if r > 0]
+        max_tries = int(min(max(max(needs, default=10) * 1.2, 10), 2000))
+    n = np.arange(0, max_tries + 1)
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for row in table.itertuples(index=False):
+        curve = 1 - (1 - row.rate) ** n
+        (line,) = ax.plot(n, curve, label=f"{row.version_label} ({format_pct(row.rate)}/try)")
+        ax.fill_between(
+            n,
+            1 - (1 - row.ci_low) ** n,
+            1 - (1 - row.ci_high) ** n,
+            color=line.get_color(),
+            alpha=0.2,
+            linewidth=0,
+        )
+        if row.rate > 0:
+            need = tries_needed(row.rate, confidence)
+            if need <= max_tries:
+                ax.plot([need], [1 - (1 - row.rate) ** need], "o", color=line.get_color())
+    ax.axhline(confidence, linestyle="--", color="grey", linewidth=1)
+    ax.text(max_tries, confidence, f"{100 * confidence:g}%", ha="right", va="bottom", color="grey")
+    ax.set_xlim(0, max_tries)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("number of tries")
+    ax.set_ylabel("P(at least one missing layer)")
+    ax.set_title(f"{title}\n(band: {_conf(alpha)} interval of the per-try rate)")
+    ax.legend(title="BuildKit version", loc="lower right")
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def plot_durations(df: pd.DataFrame, *, by: str | Sequence[str] = ("backend", "mode")) -> Figure:
+    """Boxplot of seconds per try, one box per backend/mode (all outcomes)."""
+    title = "Duration of one try"
+    d = _prepared(df)
+    if d.empty or "duration_s" not in d.columns or d["duration_s"].notna().sum() == 0:
+        return _no_data(title)
+    by = [by] if isinstance(by, str) else list(by)
+    d = d[d["duration_s"].notna()]
+    groups = []
+    for key, group in d.groupby(by, dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        groups.append(("/".join(str(k) for k in key), group["duration_s"].to_numpy(float)))
+    groups.sort(key=lambda g: version_key(g[0]))
+    fig = Figure(figsize=(max(5.0, 1.4 * len(groups) + 2.0), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.boxplot([g[1] for g in groups], tick_labels=[g[0] for g in groups])
+    ax.set_xlabel("/".join(by))
+    ax.set_ylabel("seconds per try")
+    ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig

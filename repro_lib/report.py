@@ -1,0 +1,546 @@
+"""A Markdown report of trial results, ready to paste into a GitHub issue.
+
+``write_report`` writes ``report.md``, the figures it references (PNG files
+beside it, linked relatively) and ``trials.csv`` (the raw rows) into one
+directory. It never fails on thin data: an empty store, a store holding only
+build errors or a single cell each give a short report that says what is
+missing.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from importlib import metadata
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import plots
+from .results import derive, filter_results, load_results, raw_rows, version_key
+from .stats import (
+    compare,
+    failure_rate,
+    format_pct,
+    logistic_fit,
+    rate_by_position,
+    rates_by,
+    tries_for_upper_bound,
+)
+from .store import Store
+
+__all__ = ["write_report", "default_command"]
+
+ALPHA = 0.05
+MAX_RATE = 0.01  # a clean version is "no failure seen" once p < 1% (exact, one-sided)
+_NOT_OPTIONS = frozenset({"command", "argv", "scenario_name"})
+_TRISTATE_FLAGS = frozenset({"privileged"})
+_MAX_PAIRS_VERSIONS = 6
+_FIGURES = (
+    ("rate_vs_reset.png", "Missing-layer probability vs reset frequency", plots.plot_rate_vs_reset),
+    ("heatmap.png", "Rate by version and reset frequency", plots.plot_heatmap),
+    ("rate_by_position.png", "Rate by position since reset", plots.plot_rate_by_position),
+    (
+        "cumulative_detection.png",
+        "Chance of seeing the bug at least once",
+        plots.plot_cumulative_detection,
+    ),
+)
+
+
+def write_report(
+    store_or_df: str | Path | Store | pd.DataFrame | None,
+    out_dir: str | Path,
+    *,
+    sweep: str | None = None,
+    run: str | None = None,
+    command: str | None = None,
+) -> Path:
+    """Write ``report.md``, its PNG figures and ``trials.csv`` into ``out_dir``.
+
+    Parameters
+    ----------
+    store_or_df : path, Store, DataFrame or None
+        Where the trials come from; None means the project's default store.
+        With a DataFrame the ``runs`` table is unknown, so the reproducing
+        command is only shown when ``command`` is given.
+    out_dir : path
+        Created if needed; existing files of the same names are replaced.
+    sweep, run : str, optional
+        Restrict the report to one sweep or one run.
+    command : str, optional
+        The command that reproduces the data; by default derived from the
+        stored runs' parameters (see ``default_command``).
+
+    Returns
+    -------
+    Path
+        The ``report.md`` written.
+
+    Raises
+    ------
+    UsageError
+        The store file does not exist.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: list[dict[str, Any]] = []
+    source = "a DataFrame"
+    if isinstance(store_or_df, pd.DataFrame):
+        df = store_or_df
+        if not {"counted", "failed", "version_label"} <= set(df.columns):
+            df = derive(df)
+        df = filter_results(df, sweep=sweep, run=run).reset_index(drop=True)
+    else:
+        df = load_results(store_or_df, sweep=sweep, run=run)
+        if isinstance(store_or_df, Store):
+            runs, source = _runs(store_or_df, df, sweep, run), f"`{store_or_df.path.name}`"
+        else:
+            path = Path(store_or_df) if store_or_df is not None else None
+            with Store(path if path is not None else _default_store()) as st:
+                runs, source = _runs(st, df, sweep, run), f"`{st.path.name}`"
+    if command is None:
+        command = default_command(runs)
+
+    raw_rows(df).to_csv(out / "trials.csv", index=False)
+    text = _render(df, out, sweep=sweep, run=run, command=command, runs=runs, source=source)
+    report = out / "report.md"
+    report.write_text(text, encoding="utf-8")
+    return report
+
+
+def default_command(runs: Iterable[dict[str, Any]]) -> str | None:
+    """The ``repro-lib`` command line(s) that produced the given runs.
+
+    Built from each run's ``params`` (the CLI options as a JSON dict): an
+    ``argv`` list is used verbatim; otherwise ``command`` (default
+    ``reproduce``) names the sub-command and every other key becomes
+    ``--key-name value`` (``True`` gives a bare flag, lists repeat the option,
+    ``None``, ``False`` and empty values are left out, except that
+    ``privileged: False`` gives ``--no-privileged``; bookkeeping keys such as
+    ``scenario_name`` are skipped). Distinct command lines are joined by
+    newlines; None when there is no run.
+    """
+    lines: list[str] = []
+    for r in runs:
+        params = r.get("params") or {}
+        line = _command_line(params)
+        if line not in lines:
+            lines.append(line)
+    if not lines:
+        return None
+    if len(lines) > 5:
+        lines = [*lines[:5], f"# … and {len(lines) - 5} more (see the runs table of the store)"]
+    return "\n".join(lines)
+
+
+# helpers -----------------------------------------------------------------
+def _default_store() -> Path:
+    from .config import Paths
+
+    return Paths.from_env().store
+
+
+def _runs(st: Store, df: pd.DataFrame, sweep: str | None, run: str | None) -> list[dict[str, Any]]:
+    if run is not None:
+        one = st.run(run)
+        return [one] if one else []
+    runs = st.runs(sweep)
+    seen = set(df["run_id"]) if len(df) else set()
+    if seen:
+        runs = [r for r in runs if r["run_id"] in seen]
+    return runs
+
+
+def _command_line(params: dict[str, Any]) -> str:
+    recorded = params.get("command")
+    if isinstance(recorded, str) and recorded.startswith("repro-lib "):
+        return recorded  # the exact command line the CLI recorded
+    argv = params.get("argv")
+    if isinstance(argv, list) and argv:
+        words = [str(a) for a in argv]
+        if words[0] != "repro-lib":
+            words = ["repro-lib", *words]
+        return shlex.join(words)
+    words = ["repro-lib", str(params.get("command") or "reproduce")]
+    for key, value in params.items():
+        option = "--" + str(key).replace("_", "-")
+        if key in _TRISTATE_FLAGS and value is False:
+            words.append(f"--no-{option[2:]}")
+            continue
+        if key in _NOT_OPTIONS or value is None or value is False or value in ("", []):
+            continue
+        if value is True:
+            words.append(option)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                words += [option, str(item)]
+        elif isinstance(value, dict):
+            continue
+        else:
+            words += [option, str(value)]
+    return shlex.join(words)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("repro-lib")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> str:
+    align = align or "l" * len(headers)
+    marks = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(marks) + " |"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _uniq(series: pd.Series) -> list[str]:
+    values = [str(v) for v in series.dropna().unique() if str(v) != ""]
+    return sorted(values, key=version_key)
+
+
+def _join(values: list[str], empty: str = "not recorded") -> str:
+    return ", ".join(f"`{v}`" for v in values) if values else empty
+
+
+def _when(t: Any) -> str:
+    return pd.Timestamp(t).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _interval(low: float, high: float, tries: int) -> str:
+    if tries == 0:
+        return "–"
+    return f"{format_pct(low)}–{format_pct(high)}"
+
+
+def _render(
+    df: pd.DataFrame,
+    out: Path,
+    *,
+    sweep: str | None,
+    run: str | None,
+    command: str | None,
+    runs: list[dict[str, Any]],
+    source: str,
+) -> str:
+    scope = f"sweep `{sweep}`" if sweep else f"run `{run}`" if run else f"all trials in {source}"
+    where = f"for sweep `{sweep}`" if sweep else f"for run `{run}`" if run else f"in {source}"
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    parts = [
+        "# BuildKit missing-layer reproduction",
+        "",
+        f"Report on {scope}, written {today} by repro-lib {_package_version()}. "
+        "Each try builds the scenario with an imported cache and checks that the "
+        "output holds every expected layer; build and infra errors are not counted "
+        "as evidence either way.",
+    ]
+    if df.empty:
+        parts += [
+            "",
+            "## No trials",
+            "",
+            f"There are no recorded trials {where}, so there is nothing to estimate "
+            "and no figures were drawn.",
+            "",
+            "Record some, then write this report again, e.g.:",
+            "",
+            "```sh",
+            command or "repro-lib reproduce --tries 20   # one batch of tries into the store",
+            "```",
+            "",
+        ]
+        return "\n".join(parts)
+
+    counted = df[df["counted"]]
+    parts += ["", "## Environment", "", _environment(df, runs)]
+    parts += ["", "## How to reproduce", "", "```sh"]
+    parts += [command or "# command not recorded (pass command= to write_report)", "```"]
+
+    cells = rates_by(df, "cell", alpha=ALPHA)
+    conf = f"{100 * (1 - ALPHA):g}%"
+    parts += ["", "## Results per cell", ""]
+    parts.append(
+        _table(
+            [
+                "Cell",
+                "Tries",
+                "Failures",
+                "Build errors",
+                "Infra errors",
+                "Rate",
+                f"{conf} interval",
+            ],
+            [
+                [
+                    f"`{r.cell}`",
+                    r.tries,
+                    r.failures,
+                    r.build_errors,
+                    r.infra_errors,
+                    format_pct(r.rate) if r.tries else "–",
+                    _interval(r.ci_low, r.ci_high, r.tries),
+                ]
+                for r in cells.itertuples(index=False)
+            ],
+            "lrrrrrr",
+        )
+    )
+    parts += [
+        "",
+        f"Tries count only builds that finished (`ok` or `missing_layer`); intervals are "
+        f"two-sided {conf} Wilson score intervals.",
+    ]
+
+    if counted.empty:
+        parts += _no_usable(df)
+    else:
+        parts += _verdicts(df)
+        parts += _comparisons(df, cells)
+        parts += _positions(counted)
+        parts += _figures(df, out)
+    parts += _notes(df, cells)
+    parts.append("")
+    return "\n".join(parts)
+
+
+def _environment(df: pd.DataFrame, runs: list[dict[str, Any]]) -> str:
+    importers = (
+        df[["version", "image"]]
+        .drop_duplicates()
+        .sort_values("version", key=lambda s: s.map(version_key))
+    )
+    buildkit = "; ".join(f"`{v}` (`{i}`)" for v, i in importers.itertuples(index=False))
+    exporters = df[["cache_version", "cache_image"]].drop_duplicates()
+    cache = "; ".join(
+        f"`{v}` (`{i}`)"
+        for v, i in exporters.sort_values(
+            "cache_version", key=lambda s: s.map(version_key)
+        ).itertuples(index=False)
+    )
+    setups = sorted(
+        {
+            f"{b} / {m} / {c}"
+            for b, m, c in df[["backend", "mode", "cache_type"]].itertuples(index=False)
+        }
+    )
+    rows = [
+        ["Docker Engine", _join(_uniq(df["engine_version"]))],
+        ["Kernel", _join(_uniq(df["kernel"]))],
+        ["BuildKit (imports the cache)", buildkit or "not recorded"],
+        [
+            "BuildKit (exported the cache)",
+            "same as the importer"
+            if (df["cache_version"] == df["version"]).all()
+            else cache or "not recorded",
+        ],
+        ["Backend / mode / cache type", ", ".join(setups)],
+        ["Scenario", _join(_uniq(df["scenario"]))],
+        ["repro-lib (recording)", _join(_uniq(df["package_version"]))],
+        [
+            "Trials recorded",
+            f"{len(df)} between {_when(df['started_at'].min())} and {_when(df['started_at'].max())}",
+        ],
+    ]
+    run_ids = sorted(df["run_id"].dropna().unique())
+    shown = ", ".join(f"`{r}`" for r in run_ids[:5]) + (" …" if len(run_ids) > 5 else "")
+    rows.append(["Runs", f"{len(run_ids)}: {shown}"])
+    sweeps = _uniq(df["sweep_id"])
+    if sweeps:
+        rows.append(["Sweeps", _join(sweeps)])
+    return _table(["", ""], rows)
+
+
+def _no_usable(df: pd.DataFrame) -> list[str]:
+    counts = df["outcome"].value_counts()
+    lines = [
+        "",
+        "## Verdict",
+        "",
+        "**No usable trials**: every try ended in an error before its output could be "
+        "checked, so these data say nothing about the bug "
+        f"({int(counts.get('build_error', 0))} build errors, "
+        f"{int(counts.get('infra_error', 0))} infra errors).",
+    ]
+    details = Counter(
+        str(d).strip().splitlines()[0][:160]
+        for d in df["detail"]
+        if isinstance(d, str) and d.strip()
+    )
+    if details:
+        lines += ["", "Most frequent error summaries:", ""]
+        lines += [f"- {n}× `{_cell(text)}`" for text, n in details.most_common(3)]
+    return lines
+
+
+def _verdicts(df: pd.DataFrame) -> list[str]:
+    table = rates_by(df, "version_label", alpha=ALPHA, max_rate=MAX_RATE)
+    lines = ["", "## Verdict per version", ""]
+    for r in table.itertuples(index=False):
+        label = str(r.version_label)
+        if "<-" in label:
+            importer, exporter = label.split("<-", 1)
+            label = f"{importer} importing a cache exported by {exporter}"
+        evidence = failure_rate(r.failures, r.tries, alpha=ALPHA).describe()
+        head = str(r.verdict).split(" (")[0]
+        if head == "no failure seen" or head == "affected":
+            lines.append(f"- **{label}**: {head} — {evidence}")
+        elif head == "not enough evidence":
+            need = tries_for_upper_bound(MAX_RATE, ALPHA)
+            lines.append(
+                f"- **{label}**: {head} — {evidence}; {need} clean tries would bound it "
+                f"below {format_pct(MAX_RATE)}"
+            )
+        else:
+            lines.append(f"- **{label}**: {r.verdict}")
+    lines += [
+        "",
+        "A single lost layer proves a version affected; a clean version is bounded, "
+        "not proven fixed (exact one-sided upper bound). For reference, moby/buildkit "
+        "#1980 and #2198 report v0.8.0–v0.9.0 affected and v0.9.1 fixed.",
+    ]
+    return lines
+
+
+def _comparisons(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
+    lines = ["", "## Comparisons", ""]
+    usable = cells[cells["tries"] > 0]
+    if len(usable) < 2:
+        return [*lines, "Only one cell has usable tries, so there is nothing to compare."]
+    versions = rates_by(df, "version_label", alpha=ALPHA)
+    versions = versions[versions["tries"] > 0]
+    if len(versions) >= 2 and len(versions) <= _MAX_PAIRS_VERSIONS:
+        rows = []
+        for a, b in combinations(versions.itertuples(index=False), 2):
+            c = compare((a.failures, a.tries), (b.failures, b.tries))
+            rows.append(
+                [
+                    f"`{a.version_label}` vs `{b.version_label}`",
+                    f"{a.failures}/{a.tries}",
+                    f"{b.failures}/{b.tries}",
+                    f"{c.pvalue:.3g}",
+                ]
+            )
+        lines.append(
+            _table(["Versions", "Failures A", "Failures B", "Fisher exact p"], rows, "lrrr")
+        )
+        lines += [
+            "",
+            "Two-sided Fisher exact tests, pooled over each version's cells (H0: equal "
+            "failure probability). Not adjusted for multiple comparisons.",
+        ]
+    elif len(versions) < 2:
+        lines.append("Only one version has usable tries, so versions are not compared.")
+    else:
+        lines.append(f"{len(versions)} versions: pairwise tests left out; see the table above.")
+    fit = logistic_fit(df)
+    if fit is not None:
+        lines += ["", fit.describe()]
+    elif df.loc[df["counted"], "reset_freq"].nunique() >= 2:
+        lines += [
+            "",
+            "The data do not support a logistic fit of the reset-frequency effect "
+            "(no failures, only failures, or complete separation).",
+        ]
+    return lines
+
+
+def _positions(counted: pd.DataFrame) -> list[str]:
+    lines = ["", "## Failure positions since reset", ""]
+    failing = counted.loc[counted["failed"], "version_label"].unique()
+    if len(failing) == 0:
+        return [*lines, "No try lost a layer, so there are no failure positions to show."]
+    d = counted[counted["version_label"].isin(failing)]
+    table = rate_by_position(d, alpha=ALPHA)
+    lines.append(
+        _table(
+            [
+                "Position since reset",
+                "Tries",
+                "Failures",
+                "Rate",
+                f"{100 * (1 - ALPHA):g}% interval",
+            ],
+            [
+                [
+                    int(r.since_reset),
+                    r.tries,
+                    r.failures,
+                    format_pct(r.rate),
+                    _interval(r.ci_low, r.ci_high, r.tries),
+                ]
+                for r in table.itertuples(index=False)
+                if pd.notna(r.since_reset)
+            ],
+            "rrrrr",
+        )
+    )
+    lines += [
+        "",
+        "Pooled over the versions that lost a layer at least once ("
+        + ", ".join(f"`{v}`" for v in sorted(failing, key=version_key))
+        + "). Position 1 is the first try on a fresh BuildKit state.",
+    ]
+    return lines
+
+
+def _figures(df: pd.DataFrame, out: Path) -> list[str]:
+    lines = ["", "## Figures", ""]
+    figures = list(_FIGURES)
+    figures.append(("durations.png", "Duration of one try", plots.plot_durations))
+    for name, caption, draw in figures:
+        fig = draw(df)
+        fig.savefig(out / name, dpi=110)
+        lines += [f"![{caption}]({name})", ""]
+    lines.append(
+        "Figures are PNG files beside this report; attach them to the issue comment "
+        "(drag and drop) to replace the relative links."
+    )
+    return lines
+
+
+def _notes(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
+    notes = []
+    counts = df["outcome"].value_counts()
+    if counts.get("build_error", 0):
+        notes.append(
+            f"{int(counts['build_error'])} tries ended in a build error; they are not counted "
+            "as missing layers (nor as clean tries)."
+        )
+    if counts.get("infra_error", 0):
+        notes.append(
+            f"{int(counts['infra_error'])} tries hit an infrastructure error (registry, "
+            "engine, volume) and are not counted."
+        )
+    counted = df[df["counted"]]
+    no_cache = int(counted["cache_used"].eq(False).fillna(False).sum())
+    unknown = int(counted["cache_used"].isna().sum())
+    if no_cache:
+        notes.append(
+            f"{no_cache} counted tries did not use the imported cache (no cached step); "
+            "such a try cannot show the bug, so it dilutes the rate."
+        )
+    if unknown:
+        notes.append(
+            f"For {unknown} counted tries the backend could not tell whether the cache was used."
+        )
+    if len(cells) == 1:
+        notes.append("Only one cell was run, so nothing is compared.")
+    if not counted.empty and counted["reset_freq"].nunique() < 2:
+        notes.append("Only one reset frequency was run, so its effect cannot be estimated.")
+    if not counted.empty and counted["failed"].sum() == 0:
+        notes.append("No try lost a layer.")
+    if not notes:
+        return []
+    return ["", "## Notes", "", *[f"- {n}" for n in notes]]

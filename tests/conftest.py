@@ -1,0 +1,118 @@
+"""Shared fixtures: a real Docker engine, the fixture images, a private project root.
+
+Tests that need the engine skip with the reason when none answers; tests that
+need a real ``moby/buildkit`` image skip when it is not present locally. After
+the session, nothing labelled by the lab may be left on the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repro_lib import lab
+from repro_lib.errors import MissingRequirement
+from repro_lib.fixtures import BASE_FIXTURE, REGISTRY_FIXTURE, build_fixtures
+
+BUILDKIT_AFFECTED = os.environ.get("REPRO_LIB_TEST_AFFECTED", "moby/buildkit:v0.9.0-rootless")
+BUILDKIT_FIXED = os.environ.get("REPRO_LIB_TEST_FIXED", "moby/buildkit:v0.9.1-rootless")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        client = lab.connect()
+    except MissingRequirement as exc:
+        pytest.skip(f"needs a running Docker engine: {exc.one_line()}")
+    yield client
+    left = lab.leftovers(client)
+    if left["containers"] or left["volumes"]:
+        lab.sweep(client, include_live=True)
+        pytest.fail(f"the test session leaked lab objects: {left}")
+
+
+@pytest.fixture(scope="session")
+def fixture_images(docker_client):
+    try:
+        build_fixtures(docker_client)
+    except MissingRequirement as exc:
+        pytest.skip(f"cannot build fixture images: {exc.one_line()}")
+    return {"registry": REGISTRY_FIXTURE, "base": BASE_FIXTURE}
+
+
+@pytest.fixture
+def lab_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_LIB_HOME", str(tmp_path))
+    return tmp_path
+
+
+def has_image(client, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def affected_buildkit(docker_client):
+    if not has_image(docker_client, BUILDKIT_AFFECTED):
+        pytest.skip(f"needs the BuildKit image {BUILDKIT_AFFECTED} locally (cannot be pulled here)")
+    return BUILDKIT_AFFECTED
+
+
+@pytest.fixture(scope="session")
+def fixed_buildkit(docker_client):
+    if not has_image(docker_client, BUILDKIT_FIXED):
+        pytest.skip(f"needs the BuildKit image {BUILDKIT_FIXED} locally (cannot be pulled here)")
+    return BUILDKIT_FIXED
+
+
+def repro_lib_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "repro_lib", *args]
+
+
+def run_cli(*args: str, home: Path, timeout: float = 600, env: dict | None = None):
+    """Run the real CLI in a subprocess with REPRO_LIB_HOME=home."""
+    child_env = dict(os.environ, REPRO_LIB_HOME=str(home), **(env or {}))
+    return subprocess.run(
+        repro_lib_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env,
+        cwd=home,
+    )
+
+
+ENGINE_ARGS = (
+    "--backend",
+    "engine",
+    "--offline",
+    "--allow-prune",
+    "--base-image",
+    BASE_FIXTURE,
+    "--registry-image",
+    REGISTRY_FIXTURE,
+)
+
+CONTAINER_ARGS = ("--offline", "--base-image", BASE_FIXTURE, "--registry-image", REGISTRY_FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def docker_cli():
+    from repro_lib.builders.engine import find_docker_cli
+
+    try:
+        return find_docker_cli()
+    except MissingRequirement as exc:
+        pytest.skip(exc.one_line())
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name)

@@ -1,0 +1,158 @@
+"""Figures are checked for content (labels, lines, texts), not pixels."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from repro_lib.plots import (  # noqa: E402
+    plot_cumulative_detection,
+    plot_durations,
+    plot_heatmap,
+    plot_rate_by_position,
+    plot_rate_vs_reset,
+)
+from repro_lib.records import Outcome, TrialRecord  # noqa: E402
+from repro_lib.results import derive  # noqa: E402
+
+ALL = [
+    plot_rate_vs_reset,
+    plot_heatmap,
+    plot_rate_by_position,
+    plot_cumulative_detection,
+    plot_durations,
+]
+
+
+def frame(specs) -> pd.DataFrame:
+    """Synthetic trials: (version, reset_freq, since_reset, outcome, count[, mode])."""
+    out, trial = [], 0
+    for spec in specs:
+        version, reset_freq, since_reset, outcome, count = spec[:5]
+        mode = spec[5] if len(spec) > 5 else "daemonless"
+        for _ in range(count):
+            trial += 1
+            out.append(
+                TrialRecord(
+                    run_id="r",
+                    trial=trial,
+                    started_at="2024-05-01T10:00:00+00:00",
+                    duration_s=0.4 + 0.01 * trial,
+                    backend="container",
+                    image=f"moby/buildkit:{version}-rootless",
+                    version=version,
+                    cache_image=f"moby/buildkit:{version}-rootless",
+                    cache_version=version,
+                    cache_type="registry",
+                    mode=mode,
+                    reset_freq=reset_freq,
+                    since_reset=since_reset,
+                    reset_index=0,
+                    lane=0,
+                    outcome=Outcome(outcome),
+                    cache_hits=2,
+                ).to_row()
+            )
+    return derive(pd.DataFrame(out))
+
+
+@pytest.fixture
+def two_versions() -> pd.DataFrame:
+    return frame(
+        [
+            ("v0.9.0", 1, 1, "missing_layer", 3),
+            ("v0.9.0", 1, 1, "ok", 7),
+            ("v0.9.0", 4, 1, "missing_layer", 2),
+            ("v0.9.0", 4, 2, "ok", 8),
+            ("v0.9.1", 1, 1, "ok", 10),
+            ("v0.9.1", 4, 1, "ok", 5),
+            ("v0.9.1", 4, 2, "ok", 5, "daemon"),
+            ("v0.9.1", 4, 2, "build_error", 3),
+        ]
+    )
+
+
+def visible_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+@pytest.mark.parametrize("plot", ALL)
+def test_empty_data_gives_no_data_figure(plot):
+    for empty in (frame([]), pd.DataFrame(), frame([("v0.9.0", 1, 1, "build_error", 3)])):
+        if plot is plot_durations and len(empty):
+            continue  # build errors still have durations
+        fig = plot(empty)
+        assert isinstance(fig, Figure)
+        ax = fig.axes[0]
+        assert "no data" in visible_texts(ax)
+        assert ax.get_title()
+
+
+def test_rate_vs_reset(two_versions):
+    fig = plot_rate_vs_reset(two_versions)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert "reset frequency" in ax.get_xlabel()
+    assert "P(missing layer)" in ax.get_ylabel()
+    assert "reset frequency" in ax.get_title()
+    assert len(ax.containers) == 2  # one errorbar series per version
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["v0.9.0", "v0.9.1"]
+    xs, ys = ax.containers[0].lines[0].get_data()
+    assert list(xs) == [1.0, 4.0]
+    assert list(ys) == pytest.approx([0.3, 0.2])
+
+
+def test_heatmap_annotates_k_of_n(two_versions):
+    fig = plot_heatmap(two_versions)
+    ax = fig.axes[0]
+    assert sorted(visible_texts(ax)) == ["0/10", "0/10", "2/10", "3/10"]
+    assert ax.get_xlabel().startswith("reset frequency")
+    assert ax.get_ylabel() == "BuildKit version"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["v0.9.0", "v0.9.1"]
+    assert len(fig.axes) == 2  # plus the colour bar
+    assert fig.axes[1].get_ylabel() == "failure rate"
+
+
+def test_rate_by_position(two_versions):
+    fig = plot_rate_by_position(two_versions)
+    ax = fig.axes[0]
+    assert "since the last reset" in ax.get_xlabel()
+    assert len(ax.containers) == 2
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
+
+
+def test_cumulative_detection(two_versions):
+    fig = plot_cumulative_detection(two_versions)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "number of tries"
+    assert "at least one" in ax.get_ylabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["v0.9.0 (25.0%/try)", "v0.9.1 (0%/try)"]
+    assert len(ax.collections) == 2  # one interval band per version
+    assert "95%" in visible_texts(ax)
+    # curves + the tries-needed marker for v0.9.0 + the 95% line
+    assert len(ax.lines) == 4
+    line95 = [ln for ln in ax.lines if list(ln.get_ydata()) == [0.95, 0.95]]
+    assert len(line95) == 1
+
+
+def test_durations(two_versions):
+    fig = plot_durations(two_versions)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "seconds per try"
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "container/daemon",
+        "container/daemonless",
+    ]
+
+
+def test_figures_save_as_png(two_versions, tmp_path):
+    for plot in ALL:
+        path = tmp_path / f"{plot.__name__}.png"
+        plot(two_versions).savefig(path)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
