@@ -455,3 +455,45 @@ def clean(run_id: str | None, everything: bool, engine_host: str | None) -> None
 
 
 main.add_command(clean, name="cleanup")
+
+
+@main.group()
+def engine() -> None:
+    """A private Docker engine the lab starts (own data root and socket, host networking)."""
+
+
+@engine.command(name="start")
+@click.option("--name", default="default", show_default=True, help="Name of the private engine.")
+@handle_errors
+def engine_start(name: str) -> None:
+    """Start a private dockerd and print its DOCKER_HOST (the engine backend may prune it)."""
+    from . import engine as private
+    from .config import Paths
+
+    started = private.start(Paths.from_env(), name)
+    click.echo(started.host)
+
+
+@engine.command(name="stop")
+@click.option("--name", default="default", show_default=True, help="Name of the private engine.")
+@handle_errors
+def engine_stop(name: str) -> None:
+    """Stop a private dockerd started by `repro-lib engine start`."""
+    from . import engine as private
+    from .config import Paths
+
+    click.echo("stopped" if private.stop(Paths.from_env(), name) else "not running")
+
+
+@engine.command(name="status")
+@click.option("--name", default="default", show_default=True, help="Name of the private engine.")
+@handle_errors
+def engine_status(name: str) -> None:
+    """Print the DOCKER_HOST of a running private engine, or exit 2."""
+    from . import engine as private
+    from .config import Paths
+
+    found = private.load(Paths.from_env(), name)
+    if found is None or not found.alive():
+        raise MissingRequirement(f"private engine {name!r} is not running", hint="repro-lib engine start")
+    click.echo(found.host)
