@@ -451,6 +451,11 @@ def clean(run_id: str | None, everything: bool, engine_host: str | None) -> None
         f"removed {len(result.containers)} containers, {len(result.volumes)} volumes, "
         f"{len(result.images)} images, scratch files of {len(dirs)} runs"
         + (f"; left {len(result.skipped_live)} objects of live runs" if result.skipped_live else "")
+        + (
+            f"; left {len(result.skipped_kept)} objects of --no-cleanup runs (use --run or --all)"
+            if result.skipped_kept
+            else ""
+        )
     )
 
 
@@ -495,5 +500,7 @@ def engine_status(name: str) -> None:
 
     found = private.load(Paths.from_env(), name)
     if found is None or not found.alive():
-        raise MissingRequirement(f"private engine {name!r} is not running", hint="repro-lib engine start")
+        raise MissingRequirement(
+            f"private engine {name!r} is not running", hint="repro-lib engine start"
+        )
     click.echo(found.host)

@@ -20,6 +20,16 @@ OWNER_PID_LABEL = "repro-lib.owner-pid"
 OWNER_HOST_LABEL = "repro-lib.owner-host"
 ROLE_LABEL = "repro-lib.role"
 ENGINE_LABEL = "repro-lib.engine"
+LAB_LABEL = "repro-lib.lab"
+KEEP_LABEL = "repro-lib.keep"  # objects of a --no-cleanup run: only an explicit clean removes them
+LAB_ENV = "REPRO_LIB_LAB"
+
+
+def lab_id() -> str:
+    """Which lab this process belongs to: labs on one machine never touch each other's objects."""
+    return os.environ.get(LAB_ENV, "default")
+
+
 NAME_PREFIX = "repro-lib"
 
 

@@ -62,7 +62,9 @@ def load(paths: Paths, name: str) -> PrivateEngine | None:
         return None
 
 
-def start(paths: Paths, name: str = "default", *, timeout: float = 60, dockerd: str = "dockerd") -> PrivateEngine:
+def start(
+    paths: Paths, name: str = "default", *, timeout: float = 60, dockerd: str = "dockerd"
+) -> PrivateEngine:
     """Start (or find running) the private engine ``name``.
 
     Raises:
@@ -88,15 +90,20 @@ def start(paths: Paths, name: str = "default", *, timeout: float = 60, dockerd: 
     proc = subprocess.Popen(
         [
             binary,
-            "--host", host,
-            "--data-root", str(data_root),
-            "--exec-root", str(exec_root),
-            "--pidfile", str(run / "docker.pid"),
+            "--host",
+            host,
+            "--data-root",
+            str(data_root),
+            "--exec-root",
+            str(exec_root),
+            "--pidfile",
+            str(run / "docker.pid"),
             "--bridge=none",
             "--iptables=false",
             "--ip-masq=false",
             "--ip6tables=false" if _supports_ip6tables(binary) else "--ipv6=false",
-            "--label", f"{ENGINE_LABEL}={name}",
+            "--label",
+            f"{ENGINE_LABEL}={name}",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

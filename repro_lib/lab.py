@@ -27,12 +27,15 @@ from docker.models.containers import Container
 from docker.models.volumes import Volume
 
 from .config import (
+    KEEP_LABEL,
+    LAB_LABEL,
     LABEL_PREFIX,
     NAME_PREFIX,
     OWNER_HOST_LABEL,
     OWNER_PID_LABEL,
     ROLE_LABEL,
     RUN_LABEL,
+    lab_id,
 )
 from .errors import InfraError, MissingRequirement, ReadinessTimeout, UsageError  # noqa: F401
 
@@ -45,7 +48,7 @@ def new_run_id(prefix: str = "r") -> str:
     return f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def labels(run_id: str, **extra: str) -> dict[str, str]:
+def labels(run_id: str, *, keep: bool = False, **extra: str) -> dict[str, str]:
     """Labels for one lab object: the run, its owner process and the caller's extras.
 
     Raises:
@@ -56,15 +59,18 @@ def labels(run_id: str, **extra: str) -> dict[str, str]:
             raise UsageError(f"label {key!r} is reserved for the lab")
     out = {
         RUN_LABEL: run_id,
+        LAB_LABEL: lab_id(),
         OWNER_PID_LABEL: str(os.getpid()),
         OWNER_HOST_LABEL: socket.gethostname(),
     }
+    if keep:
+        out[KEEP_LABEL] = "true"
     out.update(extra)
     return out
 
 
-def role_labels(run_id: str, role: str) -> dict[str, str]:
-    out = labels(run_id)
+def role_labels(run_id: str, role: str, *, keep: bool = False) -> dict[str, str]:
+    out = labels(run_id, keep=keep)
     out[ROLE_LABEL] = role
     return out
 
@@ -317,7 +323,8 @@ class Registry:
             env["REGISTRY_PROXY_REMOTEURL"] = self.proxy_remote
         try:
             self.volume = self.client.volumes.create(
-                name=f"{name}-data", labels=role_labels(self.run_id, f"{self.role}-registry")
+                name=f"{name}-data",
+                labels=role_labels(self.run_id, f"{self.role}-registry", keep=self.keep),
             )
             self.container = self.client.containers.run(
                 self.image,
@@ -326,7 +333,7 @@ class Registry:
                 network_mode="host",
                 environment=env,
                 volumes={self.volume.name: {"bind": "/var/lib/registry", "mode": "rw"}},
-                labels=role_labels(self.run_id, f"{self.role}-registry"),
+                labels=role_labels(self.run_id, f"{self.role}-registry", keep=self.keep),
             )
         except docker.errors.DockerException as exc:
             raise InfraError(f"cannot start the {self.role} registry: {exc}") from exc
@@ -473,7 +480,7 @@ class StateVolume:
         name = f"{NAME_PREFIX}-{self.run_id}-state-l{self.lane}-g{self.generation}"
         try:
             self.volume = self.client.volumes.create(
-                name=name, labels=role_labels(self.label_id, "buildkit-state")
+                name=name, labels=role_labels(self.label_id, "buildkit-state", keep=self.keep)
             )
         except docker.errors.DockerException as exc:
             raise InfraError(f"cannot create state volume {name}: {exc}") from exc
@@ -556,6 +563,7 @@ class SweepResult:
     volumes: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     skipped_live: list[str] = field(default_factory=list)
+    skipped_kept: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -580,6 +588,11 @@ def _owner_alive(obj_labels: dict[str, str]) -> bool:
     return True
 
 
+def label_filter(run_id: str | None = None) -> dict[str, list[str]]:
+    """Docker filters for this lab's objects (of one run, or of all its runs)."""
+    return {"label": [f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL, f"{LAB_LABEL}={lab_id()}"]}
+
+
 def sweep(
     client: docker.DockerClient,
     run_id: str | None = None,
@@ -593,10 +606,15 @@ def sweep(
     reaps what crashed runs left but never what a live run owns.
     """
     result = SweepResult()
-    flt = {"label": f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL}
+    flt = label_filter(run_id)
 
     def wanted(obj_labels: dict[str, str], name: str) -> bool:
-        if run_id or include_live or not _owner_alive(obj_labels):
+        if run_id or include_live:
+            return True
+        if obj_labels.get(KEEP_LABEL) == "true":
+            result.skipped_kept.append(name)
+            return False
+        if not _owner_alive(obj_labels):
             return True
         result.skipped_live.append(name)
         return False
@@ -623,7 +641,7 @@ def sweep(
 
 
 def leftovers(client: docker.DockerClient, run_id: str | None = None) -> dict[str, list[str]]:
-    flt = {"label": f"{RUN_LABEL}={run_id}" if run_id else RUN_LABEL}
+    flt = label_filter(run_id)
     return {
         "containers": [c.name for c in client.containers.list(all=True, filters=flt)],
         "volumes": [v.name for v in client.volumes.list(filters=flt)],

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,10 @@ import pytest
 from repro_lib import lab
 from repro_lib.errors import MissingRequirement
 from repro_lib.fixtures import BASE_FIXTURE, REGISTRY_FIXTURE, build_fixtures
+
+# Every object this test session makes belongs to its own lab, so leak checks and
+# cleanups never see (or remove) what another lab on this engine is doing.
+os.environ.setdefault("REPRO_LIB_LAB", f"test-{uuid.uuid4().hex[:8]}")
 
 BUILDKIT_AFFECTED = os.environ.get("REPRO_LIB_TEST_AFFECTED", "moby/buildkit:v0.9.0-rootless")
 BUILDKIT_FIXED = os.environ.get("REPRO_LIB_TEST_FIXED", "moby/buildkit:v0.9.1-rootless")

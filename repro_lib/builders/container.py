@@ -251,7 +251,7 @@ class ContainerBackend:
             "environment": {"BUILDKITD_FLAGS": profile["buildkitd_flags"]},
             "network_mode": "host",
             "volumes": {self.state.name: {"bind": profile["state_path"], "mode": "rw"}},
-            "labels": lab.role_labels(env.label_id, role),
+            "labels": lab.role_labels(env.label_id, role, keep=env.keep),
             "security_opt": profile["security_opt"],
             "privileged": profile["privileged"],
         }

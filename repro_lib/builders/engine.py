@@ -22,7 +22,7 @@ import docker
 import docker.errors
 
 from .. import lab
-from ..config import ENGINE_LABEL, RUN_LABEL
+from ..config import ENGINE_LABEL
 from ..errors import BuildFailed, InfraError, MissingRequirement, PruneRefused, UsageError
 from . import (
     BatchEnv,
@@ -205,7 +205,7 @@ class EngineBackend:
         env = self.env
         assert env is not None
         try:
-            for image in env.client.images.list(filters={"label": f"{RUN_LABEL}={env.label_id}"}):
+            for image in env.client.images.list(filters=lab.label_filter(env.label_id)):
                 with contextlib.suppress(docker.errors.NotFound):
                     env.client.images.remove(image.id, force=True)
             env.client.api.prune_builds(all=True)
@@ -240,7 +240,8 @@ class EngineBackend:
         env = self.env
         assert env is not None and self.context_dir is not None
         cmd = [self.cli, "build", "--progress=plain", "--network", "host"]
-        cmd += ["--label", f"{RUN_LABEL}={env.label_id}"]
+        for key, value in lab.labels(env.label_id, keep=env.keep).items():
+            cmd += ["--label", f"{key}={value}"]
         for key, value in env.scenario.build_args().items():
             cmd += ["--build-arg", f"{key}={value}"]
         cmd += extra + [str(self.context_dir)]

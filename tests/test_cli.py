@@ -1,0 +1,171 @@
+"""The CLI on bad input: one line, exit 2, nothing left behind; and its help."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+
+from repro_lib import lab
+
+from .conftest import CONTAINER_ARGS, ENGINE_ARGS, run_cli
+
+
+def _scenario_without(tmp_path, *, dockerfile=True, expected=True, expected_text="repro.txt\n"):
+    d = tmp_path / "scenario"
+    d.mkdir()
+    if dockerfile:
+        (d / "Dockerfile").write_text("FROM scratch\nCOPY repro.txt /\n")
+    if expected:
+        (d / "expected.txt").write_text(expected_text)
+    (d / "repro.txt").write_text("x")
+    return str(d)
+
+
+BAD_INPUTS = [
+    # (id, args builder, message pattern)
+    ("tries-zero", lambda t: ["--tries", "0"], r"tries.*at least 1"),
+    ("reset-freq-zero", lambda t: ["--reset-freq", "0"], r"reset-freq.*at least 1"),
+    ("reset-freq-negative", lambda t: ["--reset-freq", "-3"], r"reset-freq.*at least 1"),
+    ("tries-not-a-number", lambda t: ["--tries", "many"], r"tries.*not a valid integer"),
+    ("unknown-cache", lambda t: ["--cache", "s3"], r"cache"),
+    ("unknown-backend", lambda t: ["--backend", "podman"], r"backend"),
+    ("scenario-missing", lambda t: ["--scenario", str(t / "nope")], r"does not exist"),
+    (
+        "scenario-no-dockerfile",
+        lambda t: ["--scenario", _scenario_without(t, dockerfile=False)],
+        r"no Dockerfile",
+    ),
+    (
+        "scenario-no-expected",
+        lambda t: ["--scenario", _scenario_without(t, expected=False)],
+        r"no expected\.txt",
+    ),
+    (
+        "scenario-empty-expected",
+        lambda t: ["--scenario", _scenario_without(t, expected_text="# none\n")],
+        r"names no expected paths",
+    ),
+    ("skip-create-cache-without-ref", lambda t: ["--skip-create-cache"], r"--cache-ref"),
+    ("engine-with-local-cache", lambda t: ["--backend", "engine", "--cache", "local"], r"inline"),
+    ("inline-with-container", lambda t: ["--cache", "inline"], r"inline.*engine"),
+    (
+        "engine-unreachable",
+        lambda t: ["--engine-host", f"unix://{t}/absent.sock"],
+        r"not reachable",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path):
+    _, build_args, pattern = case
+    proc = run_cli("reproduce", *build_args(tmp_path), home=tmp_path, timeout=120)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert re.search(pattern, proc.stderr), proc.stderr
+    assert len(lines) <= 3  # click's usage errors print "Usage:" + a hint + the error
+    assert "Traceback" not in proc.stderr
+
+
+def test_absent_image_offline_is_one_line_exit_2(docker_client, fixture_images, lab_home):
+    proc = run_cli(
+        "reproduce", *CONTAINER_ARGS, "--image", "moby/buildkit:v0.0.0-nosuch", home=lab_home
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        line for line in proc.stderr.strip().splitlines() if "error" in line
+    ]
+    assert "moby/buildkit:v0.0.0-nosuch is not present locally" in proc.stderr
+    assert "docker load" in proc.stderr
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def test_absent_registry_image_is_one_line_exit_2(docker_client, fixture_images, lab_home):
+    proc = run_cli("reproduce", *ENGINE_ARGS[:-1], "repro-lib-test/none:1", home=lab_home)
+    assert proc.returncode == 2, proc.stderr
+    assert "registry image repro-lib-test/none:1 is not present locally" in proc.stderr
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def test_corrupt_store_is_one_line_exit_2(docker_client, fixture_images, lab_home):
+    store = lab_home / "corrupt.sqlite"
+    store.write_bytes(b"this is not a database" * 100)
+    proc = run_cli("reproduce", *ENGINE_ARGS, "--store", str(store), home=lab_home)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot open results store" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert store.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
+def test_help_documents_every_option():
+    proc = run_cli("reproduce", "--help", home=__import__("pathlib").Path("/tmp"))
+    assert proc.returncode == 0
+    for option in (
+        "--image",
+        "--cache-image",
+        "--tries",
+        "--reset-freq",
+        "--cache",
+        "--backend",
+        "--mode",
+        "--offline",
+        "--no-cleanup",
+        "--skip-create-cache",
+        "--cache-ref",
+        "--cache-dir",
+        "--skip-tests",
+        "--stop-on-failure",
+        "--scenario",
+        "--base-image",
+        "--registry-image",
+        "--privileged",
+        "--security-opt",
+        "--allow-prune",
+        "--json",
+    ):
+        assert option in proc.stdout
+
+
+def test_stop_on_failure_and_no_cleanup_then_reuse_the_cache(
+    docker_client, fixture_images, docker_cli, lab_home
+):
+    """--no-cleanup keeps the cache registry; --skip-create-cache --cache-ref reuses it."""
+    import json
+
+    proc = run_cli(
+        "reproduce", *ENGINE_ARGS, "--tries", "2", "--no-cleanup", "--json", home=lab_home
+    )
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref = first["kept"]["cache_ref"]
+    assert ref and first["kept"]["cache_registry"]
+    assert lab.leftovers(docker_client, first["run_id"])["containers"]
+    try:
+        proc = run_cli(
+            "reproduce",
+            *ENGINE_ARGS,
+            "--tries",
+            "3",
+            "--skip-create-cache",
+            "--cache-ref",
+            ref,
+            "--json",
+            home=lab_home,
+        )
+        assert proc.returncode == 0, proc.stderr
+        second = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert second["tries"] == 3
+        with sqlite3.connect(lab_home / "data/raw/trials.sqlite") as db:
+            hits = [
+                r[0]
+                for r in db.execute(
+                    "SELECT cache_hits FROM trials WHERE run_id = ?", (second["run_id"],)
+                )
+            ]
+        assert hits == [3, 3, 3]  # the reused cache served every step
+    finally:
+        proc = run_cli("clean", "--run", first["run_id"], home=lab_home)
+        assert proc.returncode == 0
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
