@@ -383,3 +383,48 @@ def _export_and_check(backend: Any, scenario: Scenario) -> None:
         )
     if outcome is not Outcome.OK:
         raise InfraError(f"the cache-export build gave no usable output: {detail}")
+
+
+def reproduce(
+    client: docker.DockerClient,
+    options: BatchOptions,
+    *,
+    store_path: str | Path | None = None,
+    paths: Paths | None = None,
+    progress: bool = True,
+    run_id: str | None = None,
+) -> BatchSummary:
+    """One batch end to end, as ``repro-lib reproduce`` runs it; notebooks call this too.
+
+    Raises:
+        ReproError: a usage, requirement or infrastructure error (see ``repro_lib.errors``).
+    """
+    from .progress import BatchProgress
+
+    options.validate()
+    paths = paths or Paths.from_env()
+    scenario = load_scenario(options.scenario, base_image=options.base_image)
+    run_id = run_id or lab.new_run_id()
+    with Store(store_path or paths.store) as store, LabSession(
+        client,
+        run_id,
+        paths=paths,
+        offline=options.offline,
+        registry_image=options.registry_image,
+        need_mirror=backend_class(options.backend).needs_mirror,
+        seed_images=scenario.base_images(),
+        keep=options.no_cleanup,
+    ) as session:
+        bar = BatchProgress(options.tries, run_id, enabled=progress)
+        try:
+            return run_batch(
+                session,
+                options,
+                store,
+                run_id=run_id,
+                scenario=scenario,
+                on_record=bar.record,
+                on_phase=bar.phase,
+            )
+        finally:
+            bar.close()

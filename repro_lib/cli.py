@@ -284,11 +284,7 @@ def reproduce(
     Exit status: 0 no missing layer seen, 1 a missing layer was seen, 2 usage or
     environment error, 130 interrupted.
     """
-    from .batch import LabSession, run_batch
-    from .config import Paths
-    from .lab import new_run_id
-    from .scenario import load_scenario
-    from .store import Store
+    from .batch import reproduce as run_reproduction
 
     cache = cache or ("inline" if kwargs["backend"] == "engine" else "registry")
     if kwargs["backend"] == "container" and cache == "inline":
@@ -302,77 +298,10 @@ def reproduce(
         cache=cache,
     )
     options.validate()
-    scenario = load_scenario(options.scenario, base_image=options.base_image)
-    paths = Paths.from_env()
     client = _client(kwargs["engine_host"])
-    run_id = new_run_id()
-    need_mirror = options.backend == "container"
-    with (
-        Store(kwargs["store_path"] or paths.store) as store,
-        LabSession(
-            client,
-            run_id,
-            paths=paths,
-            offline=options.offline,
-            registry_image=options.registry_image,
-            need_mirror=need_mirror,
-            seed_images=scenario.base_images(),
-            keep=options.no_cleanup,
-        ) as session,
-    ):
-        progress = _progress(options.tries, f"{run_id}")
-        try:
-            summary = run_batch(
-                session,
-                options,
-                store,
-                run_id=run_id,
-                scenario=scenario,
-                on_record=progress.record,
-                on_phase=progress.phase,
-            )
-        finally:
-            progress.close()
+    summary = run_reproduction(client, options, store_path=kwargs["store_path"])
     _print_summary(summary.as_dict(), kwargs["as_json"])
     sys.exit(EXIT_MISSING_LAYER if summary.failures else 0)
-
-
-class _Progress:
-    """A progress bar that appears once the batch has passed its checks."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label = total, label
-        self._bar = None
-        self.failures = self.errors = 0
-
-    @property
-    def bar(self):
-        if self._bar is None:
-            from tqdm import tqdm
-
-            self._bar = tqdm(
-                total=self.total, desc=self.label, unit="try", file=sys.stderr, dynamic_ncols=True
-            )
-        return self._bar
-
-    def phase(self, text: str) -> None:
-        self.bar.set_postfix_str(text)
-
-    def record(self, record: Any) -> None:
-        from .records import Outcome
-
-        self.failures += record.outcome is Outcome.MISSING_LAYER
-        self.errors += record.outcome in (Outcome.BUILD_ERROR, Outcome.INFRA_ERROR)
-        self.bar.set_postfix_str(f"missing={self.failures} errors={self.errors}")
-        self.bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _progress(total: int, label: str) -> _Progress:
-    return _Progress(total, label)
 
 
 def _pct(x: float | None) -> str:
@@ -504,3 +433,47 @@ def engine_status(name: str) -> None:
             f"private engine {name!r} is not running", hint="repro-lib engine start"
         )
     click.echo(found.host)
+
+
+@main.command()
+@click.option(
+    "--store",
+    "store_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Results store (default: data/raw/trials.sqlite).",
+)
+@click.option("--sweep", "sweep_id", default=None, help="Only this sweep's trials.")
+@click.option("--run", "run_id", default=None, help="Only this run's trials.")
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Directory for report.md, the PNG figures and trials.csv (default: reports/<sweep|run|all>).",
+)
+@click.option(
+    "--command",
+    "command",
+    default=None,
+    help="The command line to show as the way to reproduce the data.",
+)
+@handle_errors
+def report(
+    store_path: str | None,
+    sweep_id: str | None,
+    run_id: str | None,
+    out_dir: str | None,
+    command: str | None,
+) -> None:
+    """Write a Markdown report (plus PNG plots and the raw trials as CSV) for an issue comment."""
+    from pathlib import Path
+
+    from .config import Paths
+    from .report import write_report
+
+    paths = Paths.from_env()
+    store = Path(store_path) if store_path else paths.store
+    out = Path(out_dir) if out_dir else paths.reports / (sweep_id or run_id or "all")
+    written = write_report(store, out, sweep=sweep_id, run=run_id, command=command)
+    click.echo(str(written))

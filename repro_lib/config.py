@@ -60,6 +60,11 @@ class Paths:
         return self.raw / "trials.sqlite"
 
     @property
+    def sample_store(self) -> Path:
+        """The small real dataset shipped with the project (analysis without Docker)."""
+        return self.raw / "sample" / "trials.sqlite"
+
+    @property
     def runs(self) -> Path:
         return self.data / "runs"
 

@@ -72,6 +72,7 @@ class ContainerBackend:
 
     name = "container"
     cache_types = CACHE_TYPES
+    needs_mirror = True  # BuildKit in a container pulls the base image through the mirror
 
     @classmethod
     def from_options(cls, options: Any) -> ContainerBackend:

@@ -116,6 +116,7 @@ class EngineBackend:
     cache_type = "inline"
     privileged = False
     cache_types = ("inline",)
+    needs_mirror = False  # the engine builds FROM its own image store
 
     @classmethod
     def from_options(cls, options: Any) -> EngineBackend:
