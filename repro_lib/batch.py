@@ -40,7 +40,7 @@ class BatchOptions:
     cache_image: str | None = None
     tries: int = 20
     reset_freq: int = 4
-    cache: str = "registry"
+    cache: str | None = None  # None: the backend's own (registry for container, inline for engine)
     mode: str = "daemonless"
     output: str = "tar"
     offline: bool = False
@@ -64,6 +64,8 @@ class BatchOptions:
     def validate(self) -> None:
         validate_counts(self.tries, self.reset_freq)
         factory = backend_class(self.backend)
+        if self.cache is None:
+            self.cache = factory.cache_types[0]
         if self.cache not in factory.cache_types:
             raise UsageError(
                 f"the {self.backend} backend takes --cache {' or '.join(factory.cache_types)}, not {self.cache}"
@@ -219,10 +221,16 @@ class LabSession:
         lab.sweep(self.client, self.session_id)
         remove_scratch(self.dir)
 
-    def env(self, run_id: str, scenario: Scenario, work_dir: Path) -> BatchEnv:
+    def env(
+        self,
+        run_id: str,
+        scenario: Scenario,
+        work_dir: Path,
+        client: docker.DockerClient | None = None,
+    ) -> BatchEnv:
         assert self.cache_registry is not None
         return BatchEnv(
-            client=self.client,
+            client=client or self.client,
             run_id=run_id,
             scenario=scenario,
             cache_registry=self.cache_registry,
@@ -284,6 +292,7 @@ def run_batch(
     should_stop: Callable[[list[TrialRecord]], bool] | None = None,
     on_record: Callable[[TrialRecord], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    client: docker.DockerClient | None = None,
 ) -> BatchSummary:
     """Export the cache (unless skipped) and run the trials of one cell.
 
@@ -292,10 +301,11 @@ def run_batch(
     """
     options.validate()
     scenario = scenario or load_scenario(options.scenario, base_image=options.base_image)
-    facts = lab.HostFacts.of(session.client)
+    client = client or session.client  # a lane may build on its own engine
+    facts = lab.HostFacts.of(client)
     backend = backend_class(options.backend).from_options(options)
     work_dir = session.dir if run_id == session.session_id else session.dir / run_id
-    env = session.env(run_id, scenario, work_dir)
+    env = session.env(run_id, scenario, work_dir, client)
     store.start_run(
         run_id, {**asdict(options), "scenario_name": scenario.name}, sweep_id=sweep_id, cell=cell
     )
@@ -405,16 +415,19 @@ def reproduce(
     paths = paths or Paths.from_env()
     scenario = load_scenario(options.scenario, base_image=options.base_image)
     run_id = run_id or lab.new_run_id()
-    with Store(store_path or paths.store) as store, LabSession(
-        client,
-        run_id,
-        paths=paths,
-        offline=options.offline,
-        registry_image=options.registry_image,
-        need_mirror=backend_class(options.backend).needs_mirror,
-        seed_images=scenario.base_images(),
-        keep=options.no_cleanup,
-    ) as session:
+    with (
+        Store(store_path or paths.store) as store,
+        LabSession(
+            client,
+            run_id,
+            paths=paths,
+            offline=options.offline,
+            registry_image=options.registry_image,
+            need_mirror=backend_class(options.backend).needs_mirror,
+            seed_images=scenario.base_images(),
+            keep=options.no_cleanup,
+        ) as session,
+    ):
         bar = BatchProgress(options.tries, run_id, enabled=progress)
         try:
             return run_batch(

@@ -77,17 +77,9 @@ def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--backend",
-            type=click.Choice(["container", "engine"]),
             default="container",
             show_default=True,
-            help="container: a moby/buildkit image run as the public script does; engine: Docker Engine's built-in BuildKit with an inline cache.",
-        ),
-        click.option(
-            "--mode",
-            type=click.Choice(["daemonless", "daemon"]),
-            default="daemonless",
-            show_default=True,
-            help="container backend: a fresh buildkitd per try (daemonless, the public script) or one buildkitd per reset cycle (daemon).",
+            help="container: a moby/buildkit image run as the public script does; engine: Docker Engine's built-in BuildKit with an inline cache (more via REPRO_LIB_BACKEND_MODULES).",
         ),
         click.option(
             "--output",
@@ -212,7 +204,6 @@ def _options_from(kwargs: dict[str, Any], **extra: Any):
     backend = kwargs["backend"]
     return BatchOptions(
         backend=backend,
-        mode=kwargs["mode"],
         output=kwargs["output"],
         offline=kwargs["offline"],
         no_cleanup=kwargs["no_cleanup"],
@@ -269,6 +260,13 @@ def _options_from(kwargs: dict[str, Any], **extra: Any):
     default=None,
     help="Cache type: registry (default) or local for the container backend; inline for the engine backend.",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["daemonless", "daemon"]),
+    default="daemonless",
+    show_default=True,
+    help="container backend: a fresh buildkitd per try (daemonless, the public script) or one buildkitd per reset cycle (daemon).",
+)
 @batch_options
 @handle_errors
 def reproduce(
@@ -277,6 +275,7 @@ def reproduce(
     tries: int,
     reset_freq: int,
     cache: str | None,
+    mode: str,
     **kwargs: Any,
 ) -> None:
     """Run one reproduction batch: export the cache once, then TRIES import builds.
@@ -286,13 +285,13 @@ def reproduce(
     """
     from .batch import reproduce as run_reproduction
 
-    cache = cache or ("inline" if kwargs["backend"] == "engine" else "registry")
     if kwargs["backend"] == "container" and cache == "inline":
         raise UsageError("--cache inline needs --backend engine")
     options = _options_from(
         kwargs,
         image=image,
         cache_image=cache_image,
+        mode=mode,
         tries=tries,
         reset_freq=reset_freq,
         cache=cache,
@@ -477,3 +476,265 @@ def report(
     out = Path(out_dir) if out_dir else paths.reports / (sweep_id or run_id or "all")
     written = write_report(store, out, sweep=sweep_id, run=run_id, command=command)
     click.echo(str(written))
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()] or [""]
+
+
+def _sweep_plan(kwargs: dict[str, Any], plan_file: str | None, axes: dict[str, Any]):
+    from .batch import BatchOptions
+    from .sweep import load_plan, validate_plan
+
+    defaults = BatchOptions()
+    batch = {
+        "offline": kwargs["offline"] or None,
+        "base_image": kwargs["base_image"],
+        "registry_image": kwargs["registry_image"]
+        if kwargs["registry_image"] != defaults.registry_image
+        else None,
+        "scenario": kwargs["scenario"],
+        "output": kwargs["output"] if kwargs["output"] != defaults.output else None,
+        "privileged": kwargs["privileged"],
+        "security_opt": list(kwargs["security_opt"]) or None,
+        "buildkitd_flags": kwargs["buildkitd_flags"] or None,
+        "allow_prune": kwargs["allow_prune"] or None,
+        "docker_cli": kwargs["docker_cli"],
+        "build_timeout": kwargs["build_timeout"]
+        if kwargs["build_timeout"] != defaults.build_timeout
+        else None,
+    }
+    given = {k: v for k, v in {**axes, **batch}.items() if v is not None}
+    if kwargs["backend"] != "container" or not plan_file:
+        given["backend"] = kwargs["backend"]  # a plan file's backend stands unless one is given
+    if plan_file:
+        return load_plan(plan_file, **given)
+    if given.get("backend", "container") == "container" and "versions" not in given:
+        raise UsageError(
+            "--versions is required (or a --plan file)", hint="e.g. --versions v0.9.0,v0.9.1"
+        )
+    return validate_plan(given)
+
+
+def _print_cells(outcome: Any, as_json: bool) -> None:
+    rows = outcome.table()
+    header = f"{'cell':<72} {'fail/tries':>10} {'rate':>7} {'95% interval':>17} {'to verdict':>10}  stopped"
+    lines = [f"sweep {outcome.sweep_id} ({outcome.status})", header]
+    for r in rows:
+        lines.append(
+            f"{r['cell']:<72} {r['failures']:>4}/{r['tries']:<5} {_pct(r['rate']):>7} "
+            f"{_pct(r['ci_low']) + ' – ' + _pct(r['ci_high']):>17} {r['tries_to_verdict']:>10}  {r['stopped'] or '-'}"
+        )
+    lines.append(f"resume or extend with: repro-lib sweep --resume {outcome.sweep_id}")
+    if as_json:
+        click.echo("\n".join(lines), err=True)
+        click.echo(
+            json.dumps(
+                {"sweep_id": outcome.sweep_id, "status": outcome.status, "cells": rows}, default=str
+            )
+        )
+    else:
+        click.echo("\n".join(lines))
+
+
+@main.command()
+@click.option(
+    "--versions",
+    default=None,
+    help="Comma-separated BuildKit versions (v0.9.0 = moby/buildkit:v0.9.0-rootless) or image names.",
+)
+@click.option(
+    "--cache-versions",
+    default=None,
+    help="Versions that export the cache; every --versions entry imports each (cross-version cells).",
+)
+@click.option(
+    "--reset-freq",
+    default=None,
+    help="Comma-separated reset frequencies, e.g. 1,2,4,8.  [default: 4]",
+)
+@click.option(
+    "--cache", default=None, help="Comma-separated cache types (registry,local; engine: inline)."
+)
+@click.option(
+    "--mode", default=None, help="Comma-separated modes: daemonless,daemon.  [default: daemonless]"
+)
+@click.option(
+    "--tries",
+    default=None,
+    type=int,
+    help="Tries per cell (the most, with --until-confident).  [default: 100]",
+)
+@click.option(
+    "--lanes",
+    default=None,
+    type=int,
+    help="Cells run in parallel, each lane with its own BuildKit state.  [default: CPU cores]",
+)
+@click.option(
+    "--until-confident",
+    is_flag=True,
+    default=None,
+    help="Stop a cell once a failure was seen (interval excludes 0) or the failure probability's upper bound is below --max-rate.",
+)
+@click.option(
+    "--max-rate",
+    default=None,
+    type=float,
+    help="Upper bound that makes a clean cell decisive.  [default: 0.01]",
+)
+@click.option(
+    "--plan",
+    "plan_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="TOML plan file with the same keys (versions, reset_freq, cache, mode, tries, ...); options given here win.",
+)
+@click.option(
+    "--resume",
+    "resume_id",
+    default=None,
+    help="Continue a sweep: run only the trials its cells are missing.",
+)
+@batch_options
+@handle_errors
+def sweep(
+    versions,
+    cache_versions,
+    reset_freq,
+    cache,
+    mode,
+    tries,
+    lanes,
+    until_confident,
+    max_rate,
+    plan_file,
+    resume_id,
+    **kwargs: Any,
+) -> None:
+    """Run every cell of a grid of versions × cache versions × reset frequencies × caches × modes.
+
+    All cells land in one store under one sweep id. Exit status: 0 no missing
+    layer, 1 a missing layer was seen, 2 usage or environment error, 130 interrupted.
+    """
+    from .config import Paths
+    from .sweep import resume_plan, run_sweep
+
+    paths = Paths.from_env()
+    store_path = kwargs["store_path"] or paths.store
+    if resume_id:
+        plan, command = resume_plan(store_path, resume_id)
+        if lanes:
+            plan.lanes = lanes
+    else:
+        if lanes is not None and lanes < 1:
+            raise UsageError(f"--lanes must be at least 1 (got {lanes})")
+        axes = {
+            "versions": _csv(versions),
+            "cache_versions": _csv(cache_versions),
+            "reset_freq": _csv(reset_freq),
+            "cache": _csv(cache),
+            "mode": _csv(mode),
+            "tries": tries,
+            "lanes": lanes,
+            "until_confident": until_confident,
+            "max_rate": max_rate,
+        }
+        plan = _sweep_plan(kwargs, plan_file, axes)
+        command = shlex.join(["repro-lib", *sys.argv[1:]])
+    client = _client(kwargs["engine_host"])
+    outcome = run_sweep(
+        client, plan, sweep_id=resume_id, store_path=store_path, paths=paths, command=command
+    )
+    _print_cells(outcome, kwargs["as_json"])
+    sys.exit(EXIT_MISSING_LAYER if outcome.failures else 0)
+
+
+@main.command()
+@click.option("--good", required=True, help="A version known to be unaffected (in --versions).")
+@click.option("--bad", required=True, help="A version known to be affected (in --versions).")
+@click.option(
+    "--versions", "version_list", required=True, help="Ordered, comma-separated versions to search."
+)
+@click.option(
+    "--reset-freq", default=4, show_default=True, type=int, help="Reset frequency of every probe."
+)
+@click.option(
+    "--cache", default=None, help="Cache type of every probe (default: the backend's first)."
+)
+@click.option(
+    "--mode", default="daemonless", show_default=True, type=click.Choice(["daemonless", "daemon"])
+)
+@click.option(
+    "--tries",
+    default=300,
+    show_default=True,
+    type=int,
+    help="Most tries per probe (early stopping ends it sooner).",
+)
+@click.option(
+    "--max-rate",
+    default=0.01,
+    show_default=True,
+    type=float,
+    help="A probe with no failure is clean once the upper bound is below this.",
+)
+@batch_options
+@handle_errors
+def bisect(
+    good, bad, version_list, reset_freq, cache, mode, tries, max_rate, **kwargs: Any
+) -> None:
+    """Find the boundary between --good and --bad in an ordered list of versions.
+
+    Each probe runs until its verdict is decisive (a failure seen, or no failure
+    with the upper bound below --max-rate) and states its confidence.
+    """
+    from .config import Paths
+    from .sweep import bisect_versions, probe_with_sweep
+
+    versions = _csv(version_list) or []
+    axes = {
+        "versions": [good],
+        "reset_freq": [reset_freq],
+        "cache": _csv(cache),
+        "mode": [mode],
+        "tries": tries,
+        "max_rate": max_rate,
+        "until_confident": True,
+        "lanes": 1,
+    }
+    plan = _sweep_plan(kwargs, None, axes)
+    paths = Paths.from_env()
+    client = _client(kwargs["engine_host"])
+    sweep_ids: list[str] = []
+    probe = probe_with_sweep(
+        client,
+        plan,
+        store_path=kwargs["store_path"],
+        paths=paths,
+        progress=True,
+        sweep_ids=sweep_ids,
+    )
+    result = bisect_versions(versions, good, bad, probe)
+    lines = [
+        f"probe {p.version}: {'affected' if p.affected else 'clean'} — {p.statement}"
+        for p in result.probes
+    ]
+    lines.append(f"boundary: {result.boundary[0]} | {result.boundary[1]}")
+    lines.append(
+        f"first affected (next to the boundary on the --bad side): {result.first_affected}"
+    )
+    if kwargs["as_json"]:
+        click.echo("\n".join(lines), err=True)
+        click.echo(
+            json.dumps(
+                {
+                    "first_affected": result.first_affected,
+                    "boundary": result.boundary,
+                    "probes": [p.__dict__ for p in result.probes],
+                    "sweeps": sweep_ids,
+                }
+            )
+        )
+    else:
+        click.echo("\n".join(lines))

@@ -41,7 +41,18 @@ class Paths:
 
     @classmethod
     def from_env(cls) -> Paths:
-        return cls(Path(os.environ.get("REPRO_LIB_HOME", os.getcwd())).resolve())
+        """``$REPRO_LIB_HOME``, else the enclosing checkout of this project, else the cwd.
+
+        Looking upwards makes a notebook kernel started in ``notebooks/`` use the
+        project's ``data/`` rather than ``notebooks/data/``.
+        """
+        if os.environ.get("REPRO_LIB_HOME"):
+            return cls(Path(os.environ["REPRO_LIB_HOME"]).resolve())
+        cwd = Path.cwd().resolve()
+        for candidate in (cwd, *cwd.parents):
+            if (candidate / "pyproject.toml").is_file() and (candidate / "repro_lib").is_dir():
+                return cls(candidate)
+        return cls(cwd)
 
     @property
     def data(self) -> Path:

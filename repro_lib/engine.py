@@ -40,6 +40,12 @@ class PrivateEngine:
 
     def alive(self) -> bool:
         try:
+            # When this process started the engine, an exited dockerd stays a zombie until reaped.
+            if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                return False
+        except ChildProcessError:
+            pass
+        try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False
@@ -154,3 +160,13 @@ def stop(paths: Paths, name: str = "default", *, timeout: float = 30) -> bool:
     with contextlib.suppress(FileNotFoundError):
         engine.state_file.unlink()
     return True
+
+
+def remove_data(paths: Paths, name: str) -> None:
+    """Delete a stopped private engine's data root and run directory."""
+    engine = load(paths, name)
+    if engine is not None and engine.alive():
+        raise InfraError(f"private engine {name} is still running")
+    base, run = _dirs(paths, name)
+    shutil.rmtree(base, ignore_errors=True)
+    shutil.rmtree(run, ignore_errors=True)

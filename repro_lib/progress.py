@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 from .records import Outcome, TrialRecord
@@ -47,3 +48,69 @@ class BatchProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class SweepProgress:
+    """One overall bar for a sweep plus one status line per lane."""
+
+    def __init__(
+        self, *, total: int, done: int, lanes: int, label: str, enabled: bool = True
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self._lock = threading.Lock()
+        self.overall = tqdm(
+            total=total,
+            initial=done,
+            desc=label,
+            unit="try",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=not enabled,
+            position=0,
+        )
+        self.lanes = [
+            tqdm(
+                total=0,
+                desc=f"lane {i}",
+                bar_format="{desc}: {postfix}",
+                file=sys.stderr,
+                disable=not enabled,
+                position=i + 1,
+                leave=False,
+            )
+            for i in range(lanes)
+        ]
+        self.counts = [[0, 0, 0, ""] for _ in range(lanes)]  # done, total, failures, cell
+        self.failures = 0
+
+    def lane(self, lane: int, cell: str, done: int, total: int) -> None:
+        with self._lock:
+            self.counts[lane] = [done, total, 0, cell]
+            self._show(lane)
+
+    def record(self, lane: int, record: TrialRecord) -> None:
+        with self._lock:
+            self.counts[lane][0] += 1
+            if record.outcome is Outcome.MISSING_LAYER:
+                self.counts[lane][2] += 1
+                self.failures += 1
+            self.overall.set_postfix_str(f"missing={self.failures}")
+            self.overall.update(1)
+            self._show(lane)
+
+    def skip(self, n: int) -> None:
+        with self._lock:
+            if n > 0:
+                self.overall.update(n)
+
+    def _show(self, lane: int) -> None:
+        done, total, failures, cell = self.counts[lane]
+        self.lanes[lane].set_description_str(
+            f"lane {lane}: {cell} {done}/{total} missing={failures}"
+        )
+
+    def close(self) -> None:
+        for bar in self.lanes:
+            bar.close()
+        self.overall.close()

@@ -21,6 +21,10 @@ cell : str
     The stored cell, or when none was stored a key
     ``backend=…/version=…/cache=…/reset=K/mode=…`` where ``version`` is the
     ``version_label`` above and ``cache`` the cache type.
+
+``default_store`` names the store an analysis reads when none is given: the
+project's own store once it exists, else the small sample store shipped with
+the project (``load_results(None)`` itself always means the project's store).
 """
 
 from __future__ import annotations
@@ -59,6 +63,24 @@ _INT_COLUMNS = (
 )
 
 
+def default_store(paths: Paths | None = None) -> Path:
+    """The store to analyse by default: the project store if it exists, else the sample store.
+
+    Parameters
+    ----------
+    paths : Paths, optional
+        The project's paths; ``Paths.from_env()`` when omitted.
+
+    Returns
+    -------
+    Path
+        ``paths.store`` when that file exists, otherwise ``paths.sample_store``
+        (which may not exist either; ``load_results`` then says so).
+    """
+    paths = paths or Paths.from_env()
+    return paths.store if paths.store.is_file() else paths.sample_store
+
+
 def load_results(
     store: str | Path | Store | None = None,
     *,
@@ -74,7 +96,8 @@ def load_results(
     ----------
     store : str, Path, Store or None
         A store file, an open ``Store``, or None for the project's default
-        store (``Paths.from_env().store``). A ``Store`` passed in is left open.
+        store (``Paths.from_env().store``; it does not fall back to the sample
+        store, see ``default_store``). A ``Store`` passed in is left open.
     sweep, run, version, backend : str or list of str, optional
         Keep only rows whose ``sweep_id`` / ``run_id`` / ``version`` /
         ``backend`` is one of the given values.

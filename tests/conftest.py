@@ -110,8 +110,22 @@ CONTAINER_ARGS = ("--offline", "--base-image", BASE_FIXTURE, "--registry-image",
 
 
 @pytest.fixture(scope="session")
-def docker_cli():
-    from repro_lib.builders.engine import find_docker_cli
+def docker_cli(docker_client):
+    """The CLI for engine-backend tests, which prune the engine's builder cache.
+
+    They run only on an engine meant for it: the private engine of
+    ``scripts/lab test`` (REPRO_LIB_TEST_ENGINE=1) or one the lab started.
+    """
+    from repro_lib.builders.engine import engine_is_lab_owned, find_docker_cli
+
+    facts = lab.HostFacts.of(docker_client)
+    if os.environ.get("REPRO_LIB_TEST_ENGINE") != "1" and not engine_is_lab_owned(
+        facts.engine_labels
+    ):
+        pytest.skip(
+            "engine-backend tests prune the builder cache: run them via `scripts/lab test` "
+            "or set REPRO_LIB_TEST_ENGINE=1 for a throwaway engine"
+        )
 
     try:
         return find_docker_cli()

@@ -1,17 +1,19 @@
 """A test backend: the real engine backend whose real output loses ``repro.txt`` on demand.
 
-It lets tests control outcomes (which trials lose a layer) while every build,
-push, reset and tarball stays real. Select it with
-``REPRO_LIB_BACKEND_MODULES=controlled_backend`` and ``--backend engine-dropping``;
-``REPRO_LIB_DROP_TRIALS`` lists the trial numbers whose output loses the file.
+It lets tests control outcomes while every build, push, reset and tarball stays
+real. Select it with ``REPRO_LIB_BACKEND_MODULES=tests.controlled_backend`` and
+``--backend engine-dropping``. ``REPRO_LIB_DROP_TRIALS`` lists trial numbers whose
+output loses the file; ``REPRO_LIB_FAULTY_VERSIONS`` lists "versions" (the
+``--versions``/image value) whose every output loses it.
 """
 
 from __future__ import annotations
 
 import os
 import tarfile
+from typing import Any
 
-from repro_lib.builders import BuildOutput, register
+from repro_lib.builders import BatchEnv, BuildOutput, register
 from repro_lib.builders.engine import EngineBackend
 
 DROPPED = "repro.txt"
@@ -26,17 +28,33 @@ def drop_from_tarball(path, name: str = DROPPED) -> None:
     tmp.replace(path)
 
 
+def _csv(name: str) -> set[str]:
+    return {v.strip() for v in os.environ.get(name, "").split(",") if v.strip()}
+
+
 @register("engine-dropping")
 class DroppingEngineBackend(EngineBackend):
     name = "engine-dropping"
 
-    def __init__(self, **options):
-        super().__init__(**options)
-        spec = os.environ.get("REPRO_LIB_DROP_TRIALS", "")
-        self.drop = {int(t) for t in spec.split(",") if t.strip()}
+    @classmethod
+    def from_options(cls, options: Any) -> DroppingEngineBackend:
+        backend = super().from_options(options)
+        backend.label = options.image
+        return backend
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**{**options, "image": None, "cache_image": None})
+        self.label = ""
+        self.drop = {int(t) for t in _csv("REPRO_LIB_DROP_TRIALS")}
+        self.faulty = _csv("REPRO_LIB_FAULTY_VERSIONS")
+
+    def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
+        super().prepare(env, lane=lane)
+        if self.label and self.label in self.faulty | _csv("REPRO_LIB_CLEAN_VERSIONS"):
+            self.image = self.cache_image = self.version = self.cache_version = self.label
 
     def build(self, trial: int) -> BuildOutput:
         out = super().build(trial)
-        if trial in self.drop and out.tarball is not None:
+        if out.tarball is not None and (trial in self.drop or self.version in self.faulty):
             drop_from_tarball(out.tarball)
         return out

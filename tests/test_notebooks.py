@@ -1,0 +1,238 @@
+"""The notebooks run top to bottom on real lab data.
+
+Each notebook is executed with nbclient in a fresh ``python3`` kernel whose
+working directory is ``notebooks/`` and whose ``REPRO_LIB_HOME`` is a temporary
+directory; parameters are injected papermill-style in a cell right after the
+``parameters``-tagged one. Executed copies live only in memory: nothing is
+written into ``notebooks/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repro_lib.config import Paths
+from repro_lib.results import default_store, load_results
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+KERNEL = "python3"
+CELL_TIMEOUT = 300
+
+
+def _kernel_available() -> str | None:
+    """None when the ``python3`` kernel can start, else the reason it cannot."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        return f"no Jupyter kernel named {KERNEL} (python -m ipykernel install --user)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    reason = _kernel_available()
+    if reason:
+        pytest.skip(reason)
+    return KERNEL
+
+
+def parameters_cell(nb) -> int:
+    """Index of the cell tagged ``parameters``."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            return i
+    raise AssertionError("the notebook has no cell tagged 'parameters'")
+
+
+def run_notebook(path: Path, parameters: dict[str, Any], home: Path):
+    """Execute ``path`` with ``parameters`` injected; return the executed notebook.
+
+    The kernel gets this process's environment (so ``REPRO_LIB_LAB`` and
+    ``DOCKER_HOST`` carry over) with ``REPRO_LIB_HOME=home``, and runs in the
+    notebook's own directory. A failing cell raises ``CellExecutionError``.
+    """
+    nb = nbformat.read(path, as_version=4)
+    at = parameters_cell(nb)
+    source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+    injected = nbformat.v4.new_code_cell(source)
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(at + 1, injected)
+    client = nbclient.NotebookClient(
+        nb,
+        kernel_name=KERNEL,
+        timeout=CELL_TIMEOUT,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute(env=dict(os.environ, REPRO_LIB_HOME=str(home)))
+    return nb
+
+
+def outputs(nb, mime: str | None = None) -> list[dict]:
+    found = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    if mime is not None:
+        found = [o for o in found if mime in o.get("data", {})]
+    return found
+
+
+def text_of(nb) -> str:
+    parts = []
+    for o in outputs(nb):
+        parts.append(o.get("text", ""))
+        parts.append(o.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+# the saved notebooks ----------------------------------------------------------
+@pytest.mark.parametrize("name", ["01-reproduce.ipynb", "03-analysis.ipynb", "04-report.ipynb"])
+def test_notebook_is_saved_clean_with_a_parameters_cell(name):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    parameters_cell(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), (
+        f"{name} must be saved without outputs"
+    )
+
+
+def test_default_store_prefers_the_project_store(tmp_path):
+    paths = Paths(tmp_path)
+    assert default_store(paths) == paths.sample_store
+    paths.store.parent.mkdir(parents=True)
+    paths.store.touch()
+    assert default_store(paths) == paths.store
+
+
+# 01: a real batch ---------------------------------------------------------------
+@pytest.mark.docker
+def test_reproduce_notebook_runs_a_real_engine_batch(
+    kernel, docker_client, fixture_images, docker_cli, tmp_path
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    nb = run_notebook(
+        NOTEBOOKS / "01-reproduce.ipynb",
+        dict(
+            BACKEND="engine",
+            ALLOW_PRUNE=True,
+            OFFLINE=True,
+            TRIES=4,
+            RESET_FREQ=2,
+            BASE_IMAGE=fixture_images["base"],
+            REGISTRY_IMAGE=fixture_images["registry"],
+        ),
+        home,
+    )
+    df = load_results(Paths(home).store)
+    assert len(df) == 4
+    assert set(df["backend"]) == {"engine"} and set(df["cache_type"]) == {"inline"}
+    assert df["since_reset"].tolist() == [1, 2, 1, 2]
+    assert df["run_id"].iloc[0] in text_of(nb)
+    assert not any((NOTEBOOKS / "data").glob("**/*")), "the notebook wrote under notebooks/"
+
+
+@pytest.mark.docker
+@pytest.mark.buildkit
+def test_reproduce_notebook_runs_the_container_backend(
+    kernel, docker_client, fixture_images, affected_buildkit, tmp_path
+):
+    """The default backend (a moby/buildkit container), when such an image is local."""
+    nb = run_notebook(
+        NOTEBOOKS / "01-reproduce.ipynb",
+        dict(
+            IMAGE=affected_buildkit,
+            TRIES=4,
+            RESET_FREQ=2,
+            BASE_IMAGE=fixture_images["base"],
+            REGISTRY_IMAGE=fixture_images["registry"],
+        ),
+        tmp_path,
+    )
+    df = load_results(Paths(tmp_path).store)
+    assert len(df) == 4
+    assert set(df["backend"]) == {"container"} and set(df["cache_type"]) == {"registry"}
+    assert df["run_id"].iloc[0] in text_of(nb)
+
+
+# 03 and 04: on a store the lab filled -------------------------------------------
+@pytest.fixture(scope="module")
+def lab_store(docker_client, fixture_images, docker_cli, tmp_path_factory) -> Path:
+    """A store holding one small real engine-backend batch."""
+    from repro_lib.batch import BatchOptions, reproduce
+
+    home = tmp_path_factory.mktemp("lab-store")
+    paths = Paths(home)
+    options = BatchOptions(
+        backend="engine",
+        cache="inline",
+        allow_prune=True,
+        offline=True,
+        tries=6,
+        reset_freq=3,
+        base_image=fixture_images["base"],
+        registry_image=fixture_images["registry"],
+    )
+    summary = reproduce(docker_client, options, paths=paths, progress=False)
+    assert summary.tries == 6
+    return paths.store
+
+
+@pytest.fixture
+def sample_store() -> Path:
+    path = Paths(ROOT).sample_store
+    if not path.is_file():
+        pytest.skip(f"no sample store shipped yet at {path.relative_to(ROOT)}")
+    return path
+
+
+def _check_analysis(store: Path, home: Path) -> None:
+    nb = run_notebook(NOTEBOOKS / "03-analysis.ipynb", {"STORE": str(store)}, home)
+    pngs = outputs(nb, "image/png")
+    assert len(pngs) >= 5, f"expected one PNG per plot, got {len(pngs)}"
+    assert str(store) in text_of(nb)
+
+
+def _check_report(store: Path, home: Path) -> None:
+    out = home / "report-out"
+    nb = run_notebook(NOTEBOOKS / "04-report.ipynb", {"STORE": str(store), "OUT": str(out)}, home)
+    report = out / "report.md"
+    assert report.is_file() and report.read_text(encoding="utf-8").strip()
+    assert (out / "trials.csv").is_file()
+    assert outputs(nb, "text/markdown"), "the report was not displayed"
+    assert not (home / "reports").exists(), "OUT was ignored"
+
+
+@pytest.mark.docker
+def test_analysis_notebook_on_a_lab_store(kernel, lab_store, tmp_path):
+    _check_analysis(lab_store, tmp_path)
+
+
+@pytest.mark.docker
+def test_report_notebook_on_a_lab_store(kernel, lab_store, tmp_path):
+    _check_report(lab_store, tmp_path)
+
+
+def test_analysis_notebook_on_the_sample_store(kernel, sample_store, tmp_path):
+    _check_analysis(sample_store, tmp_path)
+
+
+def test_report_notebook_on_the_sample_store(kernel, sample_store, tmp_path):
+    _check_report(sample_store, tmp_path)
+
+
+def test_analysis_notebook_defaults_to_the_project_store(kernel, lab_store, tmp_path):
+    """``STORE = None`` reads ``data/raw/trials.sqlite`` under ``REPRO_LIB_HOME``."""
+    paths = Paths(tmp_path)
+    paths.raw.mkdir(parents=True)
+    paths.store.write_bytes(lab_store.read_bytes())
+    nb = run_notebook(NOTEBOOKS / "03-analysis.ipynb", {}, tmp_path)
+    assert f"6 trials from {paths.store}" in text_of(nb)

@@ -1,0 +1,307 @@
+"""Sweeps: plan validation, scheduling over lanes, resume after a kill, early stopping, bisection."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from repro_lib import lab
+from repro_lib.errors import UsageError
+from repro_lib.records import Outcome, TrialRecord
+from repro_lib.sweep import Plan, Probe, bisect_versions, load_plan, stop_rule, validate_plan
+
+from .conftest import ENGINE_ARGS, repro_lib_cmd, run_cli
+
+PLAN_ERRORS = [
+    ({"versions": ["v0.9.0"], "colour": "red"}, "unknown plan key colour"),
+    ({"versions": []}, "versions is an empty list"),
+    ({"versions": "v0.9.0,v0.9.0"}, "more than once"),
+    ({"versions": ["v0.9.0"], "reset_freq": [1, "x"]}, "not a valid int"),
+    ({"versions": ["v0.9.0"], "reset_freq": [0]}, "at least 1"),
+    ({"versions": ["v0.9.0"], "tries": 0}, "tries must be at least 1"),
+    ({"versions": ["v0.9.0"], "lanes": -2}, "lanes must be at least 1"),
+    ({"versions": ["v0.9.0"], "max_rate": 2}, "max_rate must be between"),
+    ({"versions": ["v0.9.0"], "cache": ["s3"]}, "cache 's3'"),
+    ({"versions": ["v0.9.0"], "mode": ["turbo"]}, "mode 'turbo'"),
+    ({"versions": ["0.9"]}, "neither vX.Y.Z nor an image"),
+    ({"backend": "engine", "cache_versions": ["v0.9.0"]}, "container backend only"),
+    ({"backend": "podman"}, "unknown backend"),
+]
+
+
+@pytest.mark.parametrize("raw,message", PLAN_ERRORS, ids=[m for _, m in PLAN_ERRORS])
+def test_plan_validation_errors(raw, message):
+    with pytest.raises(UsageError, match=message):
+        validate_plan(raw)
+
+
+def test_plan_cells_and_versions():
+    plan = validate_plan(
+        {
+            "versions": "v0.8.3,v0.9.0,moby/buildkit:v0.9.1",
+            "reset_freq": [1, 4],
+            "cache": "registry,local",
+            "cache_versions": ["v0.9.0"],
+        }
+    )
+    cells = plan.cells()
+    assert len(cells) == 3 * 1 * 2 * 2 * 1
+    assert cells[0].image == "moby/buildkit:v0.8.3-rootless"
+    assert cells[0].cache_image == "moby/buildkit:v0.9.0-rootless"
+    assert {c.image for c in cells} == {
+        "moby/buildkit:v0.8.3-rootless",
+        "moby/buildkit:v0.9.0-rootless",
+        "moby/buildkit:v0.9.1",
+    }
+    assert len({c.key() for c in cells}) == len(cells)
+    assert "cache_version=v0.9.0" in cells[0].key()
+    assert [c.index for c in cells] == list(range(len(cells)))
+
+
+def test_plan_file(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(
+        'versions = ["v0.9.0", "v0.9.1"]\nreset_freq = [1, 2]\ntries = 50\nuntil_confident = true\n'
+    )
+    plan = load_plan(path, tries=7)
+    assert plan.tries == 7 and plan.until_confident and plan.reset_freq == [1, 2]
+    path.write_text("versions = [v0.9.0")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_plan(path)
+    with pytest.raises(UsageError, match="does not exist"):
+        load_plan(tmp_path / "none.toml")
+
+
+def _records(outcomes: str) -> list[TrialRecord]:
+    out = []
+    for i, ch in enumerate(outcomes, start=1):
+        outcome = {"o": Outcome.OK, "x": Outcome.MISSING_LAYER, "b": Outcome.BUILD_ERROR}[ch]
+        out.append(
+            TrialRecord(
+                run_id="r",
+                trial=i,
+                started_at="",
+                duration_s=0,
+                backend="engine",
+                image="i",
+                version="v",
+                cache_image="i",
+                cache_version="v",
+                cache_type="inline",
+                mode="engine",
+                reset_freq=4,
+                since_reset=1,
+                reset_index=0,
+                lane=0,
+                outcome=outcome,
+            )
+        )
+    return out
+
+
+def test_early_stopping_on_known_sequences():
+    rule = stop_rule(
+        Plan(
+            versions=["v"],
+            reset_freq=[4],
+            cache=["inline"],
+            mode=["daemonless"],
+            until_confident=True,
+            max_rate=0.1,
+        )
+    )
+    assert not rule(_records("oooo"))
+    first_failure = rule(_records("ooox"))
+    assert first_failure.stop and "fail" in first_failure.reason.lower()
+    # build errors are not evidence: they neither stop a cell nor count as clean tries
+    assert not rule(_records("b" * 40))
+    clean = [n for n in range(1, 60) if rule(_records("o" * n)).stop]
+    assert clean and clean[0] == 29  # 0/29: exact 95% upper bound 0.098 < 0.10
+    assert (
+        stop_rule(Plan(versions=["v"], reset_freq=[4], cache=["inline"], mode=["daemonless"]))
+        is None
+    )
+
+
+def test_bisect_logic_on_a_known_grid():
+    seen = []
+
+    def probe(version):
+        seen.append(version)
+        affected = version in {"v3", "v4", "v5"}
+        return Probe(version, affected, int(affected), 10, "")
+
+    versions = ["v0", "v1", "v2", "v3", "v4", "v5"]
+    result = bisect_versions(versions, good="v0", bad="v5", probe=probe)
+    assert result.first_affected == "v3" and result.boundary == ("v2", "v3")
+    assert len(seen) <= 3
+    # the fix direction: affected first, good later in the list
+    seen.clear()
+    result = bisect_versions(
+        ["v8.0", "v8.1", "v9.0", "v9.1", "v9.2"],
+        good="v9.2",
+        bad="v8.0",
+        probe=lambda v: Probe(v, v in {"v8.0", "v8.1", "v9.0"}, 0, 10, ""),
+    )
+    assert result.first_affected == "v9.0" and result.boundary == ("v9.0", "v9.1")
+    with pytest.raises(UsageError):
+        bisect_versions(versions, good="v0", bad="v9", probe=probe)
+
+
+def _sweep_rows(store):
+    with sqlite3.connect(store) as db:
+        return db.execute(
+            "SELECT run_id, trial, started_at, lane, outcome FROM trials ORDER BY run_id, trial"
+        ).fetchall()
+
+
+def test_two_lane_engine_sweep_covers_every_cell_once(
+    docker_client, fixture_images, docker_cli, lab_home
+):
+    proc = run_cli(
+        "sweep",
+        *ENGINE_ARGS,
+        "--reset-freq",
+        "1,2,3",
+        "--tries",
+        "4",
+        "--lanes",
+        "2",
+        "--json",
+        home=lab_home,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["status"] == "done"
+    assert [c["cell"].split("/reset=")[1][0] for c in summary["cells"]] == ["1", "2", "3"]
+    rows = _sweep_rows(lab_home / "data/raw/trials.sqlite")
+    by_run: dict[str, list[int]] = {}
+    for run_id, trial, _, _, outcome in rows:
+        by_run.setdefault(run_id, []).append(trial)
+        assert outcome == "ok"
+    assert sorted(by_run) == [f"{summary['sweep_id']}-c{i:03d}" for i in range(3)]
+    assert all(trials == [1, 2, 3, 4] for trials in by_run.values())
+    assert {lane for *_, lane, _ in rows} == {0, 1}
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+    assert not list((lab_home / "data/engines").glob("*/engine.json"))  # lane engines stopped
+
+
+def test_sweep_resumes_after_sigkill_without_lost_or_duplicated_trials(
+    docker_client, fixture_images, docker_cli, lab_home
+):
+    store = lab_home / "data/raw/trials.sqlite"
+    env = dict(os.environ, REPRO_LIB_HOME=str(lab_home))
+    proc = subprocess.Popen(
+        repro_lib_cmd(
+            "sweep", *ENGINE_ARGS, "--reset-freq", "2,3", "--tries", "12", "--lanes", "2"
+        ),
+        cwd=lab_home,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while True:
+        n = len(_sweep_rows(store)) if store.exists() else 0
+        if n >= 6:
+            break
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.kill()
+    proc.communicate()
+    before = _sweep_rows(store)
+    assert 6 <= len(before) < 24
+    with sqlite3.connect(store) as db:
+        (sweep_id,) = db.execute("SELECT sweep_id FROM sweeps").fetchone()
+    # the killed run's registries and lane engines are reaped by cleanup
+    cleaned = run_cli("clean", home=lab_home)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+    resumed = run_cli("sweep", "--resume", sweep_id, "--json", home=lab_home)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = _sweep_rows(store)
+    assert len(after) == 24
+    assert set(before) <= set(after)  # nothing recorded before the kill was rerun or changed
+    for cell in (f"{sweep_id}-c000", f"{sweep_id}-c001"):
+        assert [t for r, t, *_ in after if r == cell] == list(range(1, 13))
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def test_until_confident_stops_cells_early(docker_client, fixture_images, docker_cli, lab_home):
+    env = {
+        "REPRO_LIB_BACKEND_MODULES": "tests.controlled_backend",
+        "REPRO_LIB_FAULTY_VERSIONS": "bad",
+        "REPRO_LIB_CLEAN_VERSIONS": "good",
+        "PYTHONPATH": _repo_root(),
+    }
+    args = [a if a != "engine" else "engine-dropping" for a in ENGINE_ARGS]
+    proc = run_cli(
+        "sweep",
+        *args,
+        "--versions",
+        "bad,good",
+        "--tries",
+        "60",
+        "--until-confident",
+        "--max-rate",
+        "0.2",
+        "--lanes",
+        "1",
+        "--json",
+        home=lab_home,
+        env=env,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a missing layer was seen
+    cells = {
+        c["cell"].split("version=")[1].split("/")[0]: c
+        for c in json.loads(proc.stdout.splitlines()[-1])["cells"]
+    }
+    assert cells["bad"]["tries"] == 1 and cells["bad"]["failures"] == 1 and cells["bad"]["stopped"]
+    assert (
+        cells["good"]["failures"] == 0 and cells["good"]["tries"] == 14 and cells["good"]["stopped"]
+    )
+    assert "affected" in cells["bad"]["verdict"]
+
+
+def test_bisect_through_the_engine_backend(docker_client, fixture_images, docker_cli, lab_home):
+    env = {
+        "REPRO_LIB_BACKEND_MODULES": "tests.controlled_backend",
+        "REPRO_LIB_FAULTY_VERSIONS": "v3,v4,v5",
+        "REPRO_LIB_CLEAN_VERSIONS": "v0,v1,v2",
+        "PYTHONPATH": _repo_root(),
+    }
+    args = [a if a != "engine" else "engine-dropping" for a in ENGINE_ARGS]
+    proc = run_cli(
+        "bisect",
+        *args,
+        "--good",
+        "v0",
+        "--bad",
+        "v5",
+        "--versions",
+        "v0,v1,v2,v3,v4,v5",
+        "--max-rate",
+        "0.25",
+        "--tries",
+        "40",
+        "--json",
+        home=lab_home,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["first_affected"] == "v3"
+    assert result["boundary"] == ["v2", "v3"]
+    assert all(p["statement"] for p in result["probes"])
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def _repo_root() -> str:
+    return str(__import__("pathlib").Path(__file__).resolve().parents[1])
