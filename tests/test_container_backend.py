@@ -1,0 +1,231 @@
+"""The container backend's Docker plumbing, for real, with a stand-in for buildctl-daemonless.sh.
+
+CI has no ``moby/buildkit`` image, so a tiny busybox image whose
+``buildctl-daemonless.sh`` is a shell script stands in for it. It proves what the
+lab does around BuildKit — staging the context and config through the archive
+API, the state volume and its resets, flags, logs, labels, copying the output
+out, cleanup — and nothing about BuildKit itself (tests/test_buildkit.py does
+that where real images exist).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+
+import pytest
+
+from repro_lib import lab
+from repro_lib.builders.container import ROOTLESS_STATE, ContainerBackend, buildkitd_config
+from repro_lib.fixtures import busybox_rootfs
+
+from .conftest import CONTAINER_ARGS, run_cli
+
+FAKE = "repro-lib-test/fake-buildkit:v0.0.0-rootless"
+FAKE_ROOTFUL = "repro-lib-test/fake-buildkit:v0.0.0"
+
+SCRIPT = rb"""#!/bin/sh
+# Stand-in for buildctl-daemonless.sh: no BuildKit, only the plumbing the lab relies on.
+set -e
+echo "fake buildctl-daemonless: $*"
+echo "BUILDKITD_FLAGS=$BUILDKITD_FLAGS"
+test -f /tmp/repro-lib/config.toml
+ctx=""; dest=""; cache=""
+for a in "$@"; do
+  case "$a" in
+    context=*) ctx="${a#context=}" ;;
+    type=tar,dest=*) dest="${a#type=tar,dest=}" ;;
+    type=local,dest=*) cache="${a#type=local,dest=}"; cache="${cache%%,*}" ;;
+  esac
+done
+state=/home/user/.local/share/buildkit
+n=$(cat "$state/count" 2>/dev/null || echo 0); n=$((n+1)); echo "$n" > "$state/count"
+echo "state count $n"
+if [ -n "$cache" ]; then echo '{"fake": true}' > "$cache/index.json"; fi
+mkdir -p /tmp/root/repro
+cp "$ctx/repro.txt" /tmp/root/repro.txt
+tar -cf "$dest" -C /tmp/root .
+"""
+
+
+def _fake_rootfs() -> bytes:
+    src = io.BytesIO(busybox_rootfs())
+    out = io.BytesIO()
+    with tarfile.open(fileobj=src) as tin, tarfile.open(fileobj=out, mode="w") as tout:
+        for m in tin.getmembers():
+            tout.addfile(m, tin.extractfile(m) if m.isfile() else None)
+        for path in (
+            "usr",
+            "usr/bin",
+            "home",
+            "home/user",
+            "home/user/.local",
+            "home/user/.local/share",
+            "home/user/.local/share/buildkit",
+        ):
+            info = tarfile.TarInfo(path)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            if path.startswith("home/user"):
+                info.uid = info.gid = 1000
+            tout.addfile(info)
+        info = tarfile.TarInfo("usr/bin/buildctl-daemonless.sh")
+        info.size, info.mode = len(SCRIPT), 0o755
+        tout.addfile(info, io.BytesIO(SCRIPT))
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def fake_buildkit(docker_client, fixture_images):
+    rootfs = _fake_rootfs()
+    for ref, user in ((FAKE, "1000:1000"), (FAKE_ROOTFUL, "")):
+        repo, tag = ref.rsplit(":", 1)
+        changes = ["ENV PATH=/usr/bin:/bin"] + ([f"USER {user}"] if user else [])
+        docker_client.api.import_image_from_data(rootfs, repository=repo, tag=tag, changes=changes)
+    yield FAKE
+    for ref in (FAKE, FAKE_ROOTFUL):
+        docker_client.images.remove(ref, force=True)
+
+
+def test_buildkitd_config_mirrors_docker_io_and_allows_http():
+    text = buildkitd_config("127.0.0.1:5001", ["127.0.0.1:5002"])
+    assert '[registry."docker.io"]\n  mirrors = ["127.0.0.1:5001"]' in text
+    for host in ("127.0.0.1:5001", "127.0.0.1:5002"):
+        assert f'[registry."{host}"]\n  http = true\n  insecure = true' in text
+
+
+def test_container_flags_for_rootless_and_rootful_images(docker_client, fake_buildkit, tmp_path):
+    from repro_lib.builders import BatchEnv
+    from repro_lib.scenario import load_scenario
+
+    class _Reg:
+        address = "127.0.0.1:1"
+
+    env = BatchEnv(
+        client=docker_client,
+        run_id="t-flags",
+        scenario=load_scenario(),
+        cache_registry=_Reg(),
+        mirror=None,
+        work_dir=tmp_path,
+    )
+    rootless = ContainerBackend(FAKE)
+    rootless.env = env
+    rootless.state = lab.StateVolume(docker_client, "t-flags")
+    rootless.state.volume = type("V", (), {"name": "vol"})()
+    kw = rootless.container_kwargs(FAKE, ["build"], "buildkit", "n")
+    assert kw["network_mode"] == "host"
+    assert kw["entrypoint"] == ["buildctl-daemonless.sh"]
+    assert kw["privileged"] is False
+    assert kw["security_opt"] == ["seccomp=unconfined", "apparmor=unconfined"]
+    assert kw["volumes"] == {"vol": {"bind": ROOTLESS_STATE, "mode": "rw"}}
+    assert kw["environment"]["BUILDKITD_FLAGS"].startswith(
+        "--oci-worker-no-process-sandbox --config "
+    )
+    assert kw["labels"]["repro-lib.run"] == "t-flags"
+
+    rootful = ContainerBackend(FAKE_ROOTFUL)
+    rootful.env, rootful.state = env, rootless.state
+    kw = rootful.container_kwargs(FAKE_ROOTFUL, ["build"], "buildkit", "n")
+    assert kw["privileged"] is True and kw["security_opt"] == []
+    assert kw["volumes"] == {"vol": {"bind": "/var/lib/buildkit", "mode": "rw"}}
+    assert "--oci-worker-no-process-sandbox" not in kw["environment"]["BUILDKITD_FLAGS"]
+
+    # a host that cannot start privileged containers spells the flags out instead
+    custom = ContainerBackend(FAKE_ROOTFUL, privileged=False, security_opt=["seccomp=unconfined"])
+    custom.env, custom.state = env, rootless.state
+    kw = custom.container_kwargs(FAKE_ROOTFUL, ["build"], "buildkit", "n")
+    assert kw["privileged"] is False and kw["security_opt"] == ["seccomp=unconfined"]
+
+
+@pytest.mark.parametrize("cache", ["registry", "local"])
+def test_container_batch_plumbing_with_a_stand_in(docker_client, fake_buildkit, lab_home, cache):
+    proc = run_cli(
+        "reproduce",
+        *CONTAINER_ARGS,
+        "--image",
+        FAKE,
+        "--tries",
+        "5",
+        "--reset-freq",
+        "2",
+        "--cache",
+        cache,
+        "--json",
+        home=lab_home,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["tries"] == 5 and summary["failures"] == 0 and summary["cache_type"] == cache
+    logs = lab_home / "data/runs" / summary["run_id"] / "logs"
+    export = (logs / "export.log").read_text()
+    assert "--export-cache" in export and ("mode=max" in export)
+    assert (
+        "BUILDKITD_FLAGS=--oci-worker-no-process-sandbox --config /tmp/repro-lib/config.toml"
+        in export
+    )
+    counts = []
+    for trial in range(1, 6):
+        text = (logs / f"trial-{trial:04d}.log").read_text()
+        assert "--import-cache" in text
+        counts.append(int(re.search(r"state count (\d+)", text).group(1)))
+    # the state volume is fresh after every reset and kept within a cycle
+    assert counts == [1, 2, 1, 2, 1]
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+    assert not list((lab_home / "data/runs").rglob("outputs/*.tar"))
+    assert not list((lab_home / "data/runs").rglob("cache"))
+
+
+def test_no_cleanup_keeps_labelled_objects_until_clean(docker_client, fake_buildkit, lab_home):
+    proc = run_cli(
+        "reproduce",
+        *CONTAINER_ARGS,
+        "--image",
+        FAKE,
+        "--tries",
+        "2",
+        "--no-cleanup",
+        "--json",
+        home=lab_home,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    kept = lab.leftovers(docker_client, summary["run_id"])
+    assert len(kept["containers"]) >= 4  # two registries, the export and the tries
+    buildkit = [c for c in kept["containers"] if "-l0-trial-" in c]
+    attrs = docker_client.containers.get(buildkit[0]).attrs["HostConfig"]
+    assert attrs["NetworkMode"] == "host" and not attrs["Privileged"]
+    assert "seccomp=unconfined" in attrs["SecurityOpt"]
+    assert summary["kept"]["cache_ref"].startswith("127.0.0.1:")
+    done = run_cli("clean", home=lab_home)  # kept objects survive a plain clean ...
+    assert lab.leftovers(docker_client, summary["run_id"])["containers"]
+    done = run_cli("clean", "--run", summary["run_id"], home=lab_home)  # ... until named
+    assert done.returncode == 0
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def test_a_failing_buildkit_is_a_build_error_with_its_log(
+    docker_client, fake_buildkit, lab_home, tmp_path
+):
+    scenario = tmp_path / "s"
+    scenario.mkdir()
+    (scenario / "Dockerfile").write_text("FROM scratch\n")
+    (scenario / "expected.txt").write_text(
+        "repro.txt\n"
+    )  # no repro.txt in the context: the script fails
+    proc = run_cli(
+        "reproduce",
+        *CONTAINER_ARGS,
+        "--image",
+        FAKE,
+        "--scenario",
+        str(scenario),
+        "--tries",
+        "2",
+        home=lab_home,
+    )
+    assert proc.returncode == 2
+    assert "buildctl exited 1" in proc.stderr and "log:" in proc.stderr
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
