@@ -93,7 +93,9 @@ def text_of(nb) -> str:
 
 
 # the saved notebooks ----------------------------------------------------------
-@pytest.mark.parametrize("name", ["01-reproduce.ipynb", "03-analysis.ipynb", "04-report.ipynb"])
+@pytest.mark.parametrize(
+    "name", ["01-reproduce.ipynb", "02-sweep.ipynb", "03-analysis.ipynb", "04-report.ipynb"]
+)
 def test_notebook_is_saved_clean_with_a_parameters_cell(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
@@ -138,6 +140,35 @@ def test_reproduce_notebook_runs_a_real_engine_batch(
     assert df["since_reset"].tolist() == [1, 2, 1, 2]
     assert df["run_id"].iloc[0] in text_of(nb)
     assert not any((NOTEBOOKS / "data").glob("**/*")), "the notebook wrote under notebooks/"
+
+
+@pytest.mark.docker
+def test_sweep_notebook_runs_a_real_engine_sweep(
+    kernel, docker_client, fixture_images, docker_cli, tmp_path
+):
+    home = tmp_path / "home"
+    home.mkdir()
+    nb = run_notebook(
+        NOTEBOOKS / "02-sweep.ipynb",
+        dict(
+            BACKEND="engine",
+            VERSIONS=["engine"],
+            RESET_FREQ=[1, 2],
+            TRIES=3,
+            LANES=1,
+            UNTIL_CONFIDENT=False,
+            ALLOW_PRUNE=True,
+            OFFLINE=True,
+            BASE_IMAGE=fixture_images["base"],
+            REGISTRY_IMAGE=fixture_images["registry"],
+        ),
+        home,
+    )
+    df = load_results(Paths(home).store)
+    assert len(df) == 6
+    assert df["sweep_id"].nunique() == 1 and df["sweep_id"].iloc[0] in text_of(nb)
+    assert sorted(df["reset_freq"].unique().tolist()) == [1, 2]
+    assert len(outputs(nb, "image/png")) >= 2
 
 
 @pytest.mark.docker
