@@ -179,6 +179,7 @@ class LabSession:
             self.reaped = lab.sweep(self.client)
             reap_dead_run_dirs(self.paths)
             self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.chmod(0o700)  # logs and tarballs are the user's alone
             (self.dir / "owner.json").write_text(
                 json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
             )
@@ -373,7 +374,8 @@ def run_batch(
             work_dir=str(work_dir),
             kept=kept,
         )
-        store.finish_run(run_id, status, summary.as_dict())
+        with contextlib.suppress(Exception):  # the store may be what failed
+            store.finish_run(run_id, status, summary.as_dict())
     return summary
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import sys
@@ -596,6 +597,12 @@ def _print_cells(outcome: Any, as_json: bool) -> None:
     default=None,
     help="Continue a sweep: run only the trials its cells are missing.",
 )
+@click.option(
+    "--replicates",
+    default=None,
+    type=int,
+    help="Identical copies of every cell (spreads one configuration over lanes).  [default: 1]",
+)
 @batch_options
 @handle_errors
 def sweep(
@@ -610,6 +617,7 @@ def sweep(
     max_rate,
     plan_file,
     resume_id,
+    replicates,
     **kwargs: Any,
 ) -> None:
     """Run every cell of a grid of versions × cache versions × reset frequencies × caches × modes.
@@ -639,6 +647,7 @@ def sweep(
             "lanes": lanes,
             "until_confident": until_confident,
             "max_rate": max_rate,
+            "replicates": replicates,
         }
         plan = _sweep_plan(kwargs, plan_file, axes)
         command = shlex.join(["repro-lib", *sys.argv[1:]])
@@ -738,3 +747,74 @@ def bisect(
         )
     else:
         click.echo("\n".join(lines))
+
+
+@main.command()
+@click.option(
+    "--image",
+    default=None,
+    help="BuildKit image (container backend). Default: moby/buildkit:v0.9.0-rootless.",
+)
+@click.option(
+    "--tries",
+    default=40,
+    show_default=True,
+    type=int,
+    callback=_positive("tries"),
+    help="Tries per configuration (split over its lanes).",
+)
+@click.option(
+    "--reset-freq",
+    default=4,
+    show_default=True,
+    type=int,
+    callback=_positive("reset-freq"),
+    help="Reset frequency of every configuration.",
+)
+@click.option(
+    "--lanes",
+    default=2,
+    show_default=True,
+    type=int,
+    callback=_positive("lanes"),
+    help="Lanes of the parallel configurations.",
+)
+@batch_options
+@handle_errors
+def bench(image: str | None, tries: int, reset_freq: int, lanes: int, **kwargs: Any) -> None:
+    """Measure trials per minute of the public script's procedure vs the lab's modes and lanes.
+
+    Prints, for each configuration measured in this one run, its ratio to the
+    baseline, its failure rate (with Fisher's test against the baseline) and a
+    per-try time breakdown. Results go to data/raw/bench.sqlite by default.
+    """
+    from .bench import as_dicts, markdown, run_bench
+    from .config import Paths
+
+    paths = Paths.from_env()
+    backend = kwargs["backend"]
+    versions = [image or "moby/buildkit:v0.9.0-rootless"] if backend == "container" else ["engine"]
+    plan = _sweep_plan(kwargs, None, {"versions": versions})
+    client = _client(kwargs["engine_host"])
+    store_path = kwargs["store_path"] or paths.raw / "bench.sqlite"
+    rows = run_bench(
+        client,
+        backend=backend,
+        versions=versions,
+        tries=tries,
+        reset_freq=reset_freq,
+        lanes=lanes,
+        batch=dict(plan.batch),
+        store_path=store_path,
+        paths=paths,
+    )
+    header = (
+        f"Throughput, {backend} backend, {tries} tries per configuration, reset every {reset_freq}, "
+        f"on {os.cpu_count()} cores (`{shlex.join(['repro-lib', *sys.argv[1:]])}`):\n"
+    )
+    text = markdown(rows, header=header)
+    if kwargs["as_json"]:
+        click.echo(text, err=True)
+        click.echo(json.dumps(as_dicts(rows)))
+    else:
+        click.echo(text)

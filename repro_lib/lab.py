@@ -334,6 +334,8 @@ class Registry:
                 environment=env,
                 volumes={self.volume.name: {"bind": "/var/lib/registry", "mode": "rw"}},
                 labels=role_labels(self.run_id, f"{self.role}-registry", keep=self.keep),
+                # comes back by itself when the engine restarts mid-batch
+                restart_policy={"Name": "unless-stopped"},
             )
         except docker.errors.DockerException as exc:
             raise InfraError(f"cannot start the {self.role} registry: {exc}") from exc
@@ -344,6 +346,29 @@ class Registry:
             transient=(OSError, urllib.error.URLError),
             logs=self.logs,
         )
+
+    def ensure_coming_back(self) -> None:
+        """Raise at once if the registry container is gone for good (not restarting).
+
+        Raises:
+            InfraError: the container was removed, or exited and will not restart.
+        """
+        if self.container is None:
+            return
+        try:
+            self.container.reload()
+        except docker.errors.NotFound as exc:
+            raise InfraError(f"the {self.role} registry container was removed") from exc
+        except docker.errors.DockerException:
+            return  # the engine itself is away; waiting for it is the caller's job
+        policy = (self.container.attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name")
+        if self.container.status in ("exited", "dead") and policy in (None, "", "no"):
+            code = self.container.attrs.get("State", {}).get("ExitCode")
+            raise InfraError(f"the {self.role} registry container stopped (exit code {code})")
+
+    def answers_http(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/v2/", timeout=2) as resp:
+            return resp.status == 200
 
     def _answers(self) -> bool:
         if self.container is not None:

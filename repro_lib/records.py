@@ -59,12 +59,14 @@ class TrialRecord:
     log_path: str = ""
     buildkit_version: str = ""  # for the engine backend: the BuildKit the engine vendors
     privileged: bool = False  # whether the BuildKit container ran --privileged
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the try
 
     def to_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
         row["outcome"] = self.outcome.value
         row["missing"] = json.dumps(self.missing)
         row["layer_digests"] = json.dumps(self.layer_digests)
+        row["phases"] = json.dumps(self.phases)
         return row
 
     @classmethod
@@ -74,6 +76,7 @@ class TrialRecord:
         values["outcome"] = Outcome(values["outcome"])
         values["missing"] = json.loads(values.get("missing") or "[]")
         values["layer_digests"] = json.loads(values.get("layer_digests") or "[]")
+        values["phases"] = json.loads(values.get("phases") or "{}")
         return cls(**values)
 
 

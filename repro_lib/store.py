@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import UsageError
+from .errors import InfraError, UsageError
 from .records import TRIAL_COLUMNS, TrialRecord
 
 _SQL_TYPES = {
@@ -160,10 +160,25 @@ class Store:
 
     # trials -------------------------------------------------------------
     def append(self, record: TrialRecord) -> None:
+        """Commit one trial now.
+
+        Raises:
+            InfraError: the store cannot be written (disk full, read-only, locked).
+        """
         row = record.to_row()
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        self._db.execute(f"INSERT INTO trials ({columns}) VALUES ({marks})", tuple(row.values()))
+        try:
+            self._db.execute(
+                f"INSERT INTO trials ({columns}) VALUES ({marks})", tuple(row.values())
+            )
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise InfraError(
+                f"cannot record trial {record.trial} of {record.run_id} in {self.path}: {exc}",
+                hint="free space or make data/ writable; recorded trials are safe, resume to finish",
+            ) from exc
 
     def trials(self, run_id: str) -> list[TrialRecord]:
         rows = self._db.execute(

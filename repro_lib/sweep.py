@@ -36,7 +36,16 @@ from .scenario import load_scenario
 from .store import Store
 
 AXES = ("versions", "cache_versions", "reset_freq", "cache", "mode")
-SETTINGS = ("backend", "tries", "lanes", "until_confident", "max_rate", "alpha", "min_tries")
+SETTINGS = (
+    "backend",
+    "tries",
+    "lanes",
+    "until_confident",
+    "max_rate",
+    "alpha",
+    "min_tries",
+    "replicates",
+)
 #: BatchOptions fields a plan may set once for every cell
 BATCH_FIELDS = (
     "offline",
@@ -78,6 +87,8 @@ class Cell:
     cache: str
     mode: str
     backend: str
+    replicate: int = 0
+    replicates: int = 1
 
     def key(self) -> str:
         from .builders import version_of_image
@@ -88,6 +99,8 @@ class Cell:
             parts.append(f"cache_version={version_of_image(self.cache_image)}")
         mode = self.mode if self.backend == "container" else "engine"
         parts += [f"cache={self.cache}", f"reset={self.reset_freq}", f"mode={mode}"]
+        if self.replicates > 1:
+            parts.append(f"rep={self.replicate}")
         return "/".join(parts)
 
     def run_id(self, sweep_id: str) -> str:
@@ -110,6 +123,7 @@ class Plan:
     max_rate: float = 0.01
     alpha: float = 0.05
     min_tries: int = 1
+    replicates: int = 1  # identical cells, e.g. to spread one configuration over lanes
     batch: dict[str, Any] = field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
@@ -117,10 +131,12 @@ class Plan:
         exporters: list[str | None] = (
             [resolve_version(v) for v in self.cache_versions] if self.cache_versions else [None]
         )
-        product = itertools.product(images, exporters, self.reset_freq, self.cache, self.mode)
+        product = itertools.product(
+            images, exporters, self.reset_freq, self.cache, self.mode, range(self.replicates)
+        )
         return [
-            Cell(i, image, cache_image, k, cache, mode, self.backend)
-            for i, (image, cache_image, k, cache, mode) in enumerate(product)
+            Cell(i, image, cache_image, k, cache, mode, self.backend, rep, self.replicates)
+            for i, (image, cache_image, k, cache, mode, rep) in enumerate(product)
         ]
 
     def batch_options(self, cell: Cell, command: str = "") -> BatchOptions:
@@ -202,6 +218,7 @@ def validate_plan(raw: dict[str, Any]) -> Plan:
         ),
         alpha=_number("alpha", raw.get("alpha", 0.05), float, minimum=1e-6, maximum=0.5),
         min_tries=_number("min_tries", raw.get("min_tries", 1), int, minimum=1),
+        replicates=_number("replicates", raw.get("replicates", 1), int, minimum=1),
         batch=batch,
     )
     for k in plan.reset_freq:

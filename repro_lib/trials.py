@@ -99,9 +99,12 @@ def run_trials(
     state = LoopState()
     evidence_dir = env.work_dir / "evidence"
     for trial in trials:
+        reset_s = 0.0
         if state.reset_index < 0 or resets_before(trial, ctx.reset_freq) or state.consecutive_infra:
+            t_reset = time.monotonic()
             try:
                 backend.reset()
+                reset_s = time.monotonic() - t_reset
             except InfraError as exc:
                 record = _record(
                     backend,
@@ -114,11 +117,7 @@ def run_trials(
                     detail=f"reset failed: {exc.one_line()}",
                 )
                 _append(store, record, state, on_record)
-                state.consecutive_infra += 1
-                if state.consecutive_infra >= MAX_CONSECUTIVE_INFRA_ERRORS:
-                    raise InfraError(
-                        f"{state.consecutive_infra} infrastructure errors in a row; last: {exc.one_line()}"
-                    ) from exc
+                _after_infra_error(state, env, exc.one_line())
                 continue
             state.since_reset = 0
             state.reset_index += 1
@@ -129,7 +128,11 @@ def run_trials(
         extra: dict = {}
         try:
             output = backend.build(trial)
+            t_verify = time.monotonic()
             outcome, missing, detail, extra = classify(output, env.scenario.expected)
+            output.phases["verify"] = time.monotonic() - t_verify
+            if reset_s:
+                output.phases["reset"] = reset_s
         except BuildFailed as exc:
             outcome, detail = Outcome.BUILD_ERROR, f"{exc}\n{exc.log_tail}".strip()
         except InfraError as exc:
@@ -156,11 +159,7 @@ def run_trials(
             elif not keep_outputs:
                 output.tarball.unlink()
         if outcome is Outcome.INFRA_ERROR:
-            state.consecutive_infra += 1
-            if state.consecutive_infra >= MAX_CONSECUTIVE_INFRA_ERRORS:
-                raise InfraError(
-                    f"{state.consecutive_infra} infrastructure errors in a row; last: {detail}"
-                )
+            _after_infra_error(state, env, detail)
         else:
             state.consecutive_infra = 0
         if stop_on_failure and outcome is Outcome.MISSING_LAYER:
@@ -168,6 +167,20 @@ def run_trials(
         if should_stop is not None and should_stop(state.records):
             break
     return state
+
+
+def _after_infra_error(state: LoopState, env: BatchEnv, detail: str) -> None:
+    """Count an infra error; stop after several in a row, else wait for the lab to heal.
+
+    Waiting lets a batch ride out an engine restart: the registries come back
+    with the engine (restart policy) and the next try starts from a reset.
+    """
+    state.consecutive_infra += 1
+    if state.consecutive_infra >= MAX_CONSECUTIVE_INFRA_ERRORS:
+        raise InfraError(
+            f"{state.consecutive_infra} infrastructure errors in a row; last: {detail}"
+        )
+    env.wait_healthy()
 
 
 def _append(store: Store, record: TrialRecord, state: LoopState, on_record) -> None:
@@ -216,6 +229,7 @@ def _record(
         cache_hits=output.cache_hits if output else None,
         cache_steps=output.cache_steps if output else None,
         cache_pulled=output.cache_pulled if output else None,
+        phases={k: round(v, 4) for k, v in output.phases.items()} if output else {},
         scenario=ctx.scenario,
         sweep_id=ctx.sweep_id,
         cell=ctx.cell,

@@ -42,6 +42,32 @@ class BatchEnv:
         if not self.label_id:
             self.label_id = self.run_id
 
+    def wait_healthy(self, timeout: float = 90) -> None:
+        """Wait until the engine answers and the lab's registries serve again.
+
+        Raises:
+            InfraError: they did not come back within ``timeout``.
+        """
+        from ..lab import wait_until
+
+        wait_until(
+            self.client.ping,
+            timeout=timeout,
+            interval=0.5,
+            what="Docker engine",
+            transient=(Exception,),
+        )
+        for registry in (self.cache_registry, self.mirror):
+            if registry is not None and hasattr(registry, "answers_http"):
+                registry.ensure_coming_back()
+                wait_until(
+                    registry.answers_http,
+                    timeout=timeout,
+                    interval=0.5,
+                    what=f"{registry.role} registry",
+                    transient=(Exception,),
+                )
+
     @property
     def logs_dir(self) -> Path:
         return self.work_dir / "logs"
@@ -159,6 +185,51 @@ def count_cache_hits(log: str) -> tuple[int, int]:
         if m:
             cached.add(m.group(1))
     return len(cached & steps), len(steps)
+
+
+_STEP_TITLE_RE = re.compile(r"^#(\d+) (?!sha256:|DONE|CACHED|ERROR)(.+)$")
+_STEP_DONE_RE = re.compile(r"^#(\d+) DONE (\d+(?:\.\d+)?)s")
+
+
+def step_times(log: str) -> dict[str, float]:
+    """Seconds BuildKit reports for importing the cache and exporting the result."""
+    titles: dict[str, str] = {}
+    out = {"cache_import": 0.0, "export": 0.0}
+    for line in log.splitlines():
+        line = line.strip()
+        m = _STEP_TITLE_RE.match(line)
+        if m and m.group(1) not in titles:
+            titles[m.group(1)] = m.group(2)
+            continue
+        m = _STEP_DONE_RE.match(line)
+        if m:
+            title = titles.get(m.group(1), "")
+            if title.startswith("importing cache"):
+                out["cache_import"] += float(m.group(2))
+            elif title.startswith("exporting"):
+                out["export"] += float(m.group(2))
+    return out
+
+
+_IMPORT_ERROR_RE = re.compile(r"^#(\d+) ERROR: (.*)$")
+
+
+def cache_import_error(log: str) -> str | None:
+    """The error of a failed cache import, if the log shows one.
+
+    BuildKit carries on without the cache when its import fails, so such a try
+    says nothing about the bug: the caller records it as an infra error.
+    """
+    titles: dict[str, str] = {}
+    for line in log.splitlines():
+        line = line.strip()
+        m = _STEP_TITLE_RE.match(line)
+        if m and m.group(1) not in titles:
+            titles[m.group(1)] = m.group(2)
+        m = _IMPORT_ERROR_RE.match(line)
+        if m and titles.get(m.group(1), "").startswith("importing cache"):
+            return m.group(2)[:300]
+    return None
 
 
 def count_cache_pulls(log: str) -> int:

@@ -23,7 +23,16 @@ import requests
 
 from .. import lab
 from ..errors import BuildFailed, InfraError, UsageError
-from . import BatchEnv, BuildOutput, log_tail, register, version_of_image, write_log
+from . import (
+    BatchEnv,
+    BuildOutput,
+    cache_import_error,
+    log_tail,
+    register,
+    step_times,
+    version_of_image,
+    write_log,
+)
 
 STAGE = "/tmp/repro-lib"
 CONTEXT_DIR = f"{STAGE}/ctx"
@@ -328,12 +337,14 @@ class ContainerBackend:
                     log_tail=log_tail(log),
                     exit_code=code,
                 )
+            _check_cache_import(args, log)
             t0 = time.monotonic()
             tarball = self._fetch_output(container, dest, tag)
             phases["copy_out"] = time.monotonic() - t0
             if tag == "export" and self.cache_type == "local":
                 self._export_container = container
                 container = None  # kept until the cache is copied out
+            phases.update(step_times(log))
             return BuildOutput(tarball, log, time.monotonic() - started, phases=phases)
         except docker.errors.ImageNotFound as exc:
             raise InfraError(f"image {image} vanished: {lab.describe_docker_error(exc)}") from exc
@@ -460,11 +471,13 @@ class ContainerBackend:
                 log_tail=log_tail(log),
                 exit_code=code,
             )
+        _check_cache_import(args, log)
         t0 = time.monotonic()
         tarball = self._fetch_output(daemon, dest, tag)
         with contextlib.suppress(docker.errors.DockerException):
             daemon.exec_run(["rm", "-f", dest])
         phases["copy_out"] = time.monotonic() - t0
+        phases.update(step_times(log))
         return BuildOutput(tarball, log, time.monotonic() - started, phases=phases)
 
 
@@ -475,3 +488,8 @@ def _reason(log: str) -> str:
         if "error" in low or "failed" in low:
             return line.strip()[:300]
     return log_tail(log, 1)[:300]
+
+
+def _check_cache_import(args: list[str], log: str) -> None:
+    if "--import-cache" in args and (error := cache_import_error(log)):
+        raise InfraError(f"cache import failed, the try did not use the cache: {error}", logs=log)

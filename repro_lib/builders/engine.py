@@ -27,10 +27,12 @@ from ..errors import BuildFailed, InfraError, MissingRequirement, PruneRefused, 
 from . import (
     BatchEnv,
     BuildOutput,
+    cache_import_error,
     count_cache_hits,
     count_cache_pulls,
     log_tail,
     register,
+    step_times,
     write_log,
 )
 
@@ -277,6 +279,10 @@ class EngineBackend:
                 log_tail=log_tail(log),
                 exit_code=proc.returncode,
             )
+        if "--cache-from" in extra and (error := cache_import_error(log)):
+            raise InfraError(
+                f"cache import failed, the try did not use the cache: {error}", logs=log
+            )
         hits, steps = count_cache_hits(log)
         return BuildOutput(
             None,
@@ -285,7 +291,7 @@ class EngineBackend:
             cache_hits=hits,
             cache_steps=steps,
             cache_pulled=count_cache_pulls(log),
-            phases={"build": duration},
+            phases={"build": duration, **step_times(log)},
         )
 
 

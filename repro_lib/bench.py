@@ -1,0 +1,199 @@
+"""Throughput benchmark: trials per minute of the public script's procedure vs the lab's modes.
+
+Every configuration runs in one process on the same machine, one after the
+other, with the same scenario, reset frequency and number of tries, and its
+wall time includes everything a user waits for (registries, cache export,
+resets). Ratios are to the baseline measured in the same run:
+
+* container backend: the public script's procedure (``daemonless``, one
+  ``buildctl-daemonless.sh`` container per try, one lane) vs ``daemon`` mode
+  (one ``buildkitd`` per reset cycle) vs N lanes of each;
+* engine backend: one lane vs N lanes (each lane its own private engine).
+
+Each row also carries its failure rate with an interval and Fisher's test
+against the baseline, so a speed-up that stops reproducing the bug shows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from . import stats
+from .config import Paths
+from .records import Outcome
+from .store import Store
+from .sweep import Plan, run_sweep
+
+PHASES = (
+    "reset",
+    "container_start",
+    "daemon_start",
+    "cache_import",
+    "build",
+    "export",
+    "copy_out",
+    "verify",
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    mode: str
+    lanes: int
+
+
+@dataclass
+class BenchRow:
+    name: str
+    sweep_id: str
+    trials: int
+    wall_s: float
+    per_minute: float
+    ratio: float
+    failures: int
+    counted: int
+    rate: float | None
+    ci_low: float
+    ci_high: float
+    pvalue_vs_baseline: float | None
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def configurations(backend: str, lanes: int) -> list[BenchConfig]:
+    if backend == "container":
+        configs = [
+            BenchConfig("baseline: daemonless, 1 lane (public script)", "daemonless", 1),
+            BenchConfig("daemon, 1 lane", "daemon", 1),
+        ]
+        if lanes > 1:
+            configs += [
+                BenchConfig(f"daemonless, {lanes} lanes", "daemonless", lanes),
+                BenchConfig(f"daemon, {lanes} lanes", "daemon", lanes),
+            ]
+        return configs
+    configs = [BenchConfig("baseline: 1 lane", "daemonless", 1)]
+    if lanes > 1:
+        configs.append(BenchConfig(f"{lanes} lanes (a private engine each)", "daemonless", lanes))
+    return configs
+
+
+def run_bench(
+    client: docker.DockerClient,
+    *,
+    backend: str,
+    versions: list[str],
+    tries: int,
+    reset_freq: int,
+    lanes: int,
+    batch: dict[str, Any],
+    store_path: str | Path,
+    paths: Paths | None = None,
+    progress: bool = True,
+) -> list[BenchRow]:
+    """Run every configuration once and return one row each, the baseline first."""
+    rows: list[BenchRow] = []
+    baseline: BenchRow | None = None
+    for config in configurations(backend, lanes):
+        replicates = config.lanes
+        plan = Plan(
+            versions=list(versions),
+            reset_freq=[reset_freq],
+            cache=[batch.pop("cache")]
+            if "cache" in batch
+            else (["registry"] if backend == "container" else ["inline"]),
+            mode=[config.mode],
+            backend=backend,
+            tries=max(1, tries // replicates),
+            lanes=config.lanes,
+            replicates=replicates,
+            batch=dict(batch),
+        )
+        started = time.monotonic()
+        outcome = run_sweep(
+            client,
+            plan,
+            store_path=store_path,
+            paths=paths,
+            progress=progress,
+            command=f"repro-lib bench ({config.name})",
+        )
+        wall = time.monotonic() - started
+        with Store(store_path) as store:
+            records = [r for c in plan.cells() for r in store.trials(c.run_id(outcome.sweep_id))]
+        counted = [r for r in records if r.outcome in (Outcome.OK, Outcome.MISSING_LAYER)]
+        k = sum(r.outcome is Outcome.MISSING_LAYER for r in counted)
+        rate = stats.failure_rate(k, len(counted))
+        per_minute = 60.0 * len(records) / wall if wall else 0.0
+        phases = {
+            p: round(sum(r.phases.get(p, 0.0) for r in records) / len(records), 4)
+            for p in PHASES
+            if records and any(p in r.phases for r in records)
+        }
+        row = BenchRow(
+            name=config.name,
+            sweep_id=outcome.sweep_id,
+            trials=len(records),
+            wall_s=round(wall, 2),
+            per_minute=round(per_minute, 2),
+            ratio=1.0,
+            failures=k,
+            counted=len(counted),
+            rate=rate.p_hat if counted else None,
+            ci_low=rate.ci_low,
+            ci_high=rate.ci_high,
+            pvalue_vs_baseline=None,
+            phases=phases,
+        )
+        if baseline is None:
+            baseline = row
+        else:
+            row.ratio = round(per_minute / baseline.per_minute, 2) if baseline.per_minute else 0.0
+            if counted and baseline.counted:
+                row.pvalue_vs_baseline = stats.compare(
+                    (k, len(counted)), (baseline.failures, baseline.counted)
+                ).pvalue
+        rows.append(row)
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(rows: list[BenchRow], *, header: str = "") -> str:
+    """The result as a Markdown table (what the README quotes)."""
+    lines = [header] if header else []
+    lines += [
+        "| configuration | tries | wall s | tries/min | × baseline | failures | rate (95% CI) | Fisher p vs baseline |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        p = "—" if r.pvalue_vs_baseline is None else f"{r.pvalue_vs_baseline:.2f}"
+        lines.append(
+            f"| {r.name} | {r.trials} | {r.wall_s:.1f} | {r.per_minute:.1f} | {r.ratio:.2f} | "
+            f"{r.failures}/{r.counted} | {_pct(r.rate)} ({_pct(r.ci_low)}–{_pct(r.ci_high)}) | {p} |"
+        )
+    phases = [p for p in PHASES if any(p in r.phases for r in rows)]
+    if phases:
+        lines += [
+            "",
+            "Mean seconds per try:",
+            "",
+            "| configuration | " + " | ".join(phases) + " |",
+            "|---|" + "---:|" * len(phases),
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r.name} | " + " | ".join(f"{r.phases.get(p, 0.0):.3f}" for p in phases) + " |"
+            )
+    return "\n".join(lines)
+
+
+def as_dicts(rows: list[BenchRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
