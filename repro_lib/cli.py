@@ -368,17 +368,19 @@ def clean(run_id: str | None, everything: bool, engine_host: str | None) -> None
     """
     from .batch import reap_dead_run_dirs, remove_scratch
     from .config import Paths
+    from .engine import reap_orphans
     from .lab import sweep
 
     client = _client(engine_host)
     result = sweep(client, run_id, include_live=everything)
     paths = Paths.from_env()
     dirs = reap_dead_run_dirs(paths)
+    engines = reap_orphans(paths)
     if run_id:
         remove_scratch(paths.run_dir(run_id))
     click.echo(
         f"removed {len(result.containers)} containers, {len(result.volumes)} volumes, "
-        f"{len(result.images)} images, scratch files of {len(dirs)} runs"
+        f"{len(result.images)} images, scratch files of {len(dirs)} runs, {len(engines)} lane engines"
         + (f"; left {len(result.skipped_live)} objects of live runs" if result.skipped_live else "")
         + (
             f"; left {len(result.skipped_kept)} objects of --no-cleanup runs (use --run or --all)"

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -33,6 +34,8 @@ class PrivateEngine:
     data_root: str
     exec_root: str
     log: str
+    owner_pid: int | None = None  # set for engines a sweep starts for its lanes
+    owner_host: str = ""
 
     @property
     def state_file(self) -> Path:
@@ -69,7 +72,12 @@ def load(paths: Paths, name: str) -> PrivateEngine | None:
 
 
 def start(
-    paths: Paths, name: str = "default", *, timeout: float = 60, dockerd: str = "dockerd"
+    paths: Paths,
+    name: str = "default",
+    *,
+    timeout: float = 60,
+    dockerd: str = "dockerd",
+    owned: bool = False,
 ) -> PrivateEngine:
     """Start (or find running) the private engine ``name``.
 
@@ -115,7 +123,16 @@ def start(
         stderr=subprocess.STDOUT,
         start_new_session=True,  # outlives the command that started it
     )
-    engine = PrivateEngine(name, host, proc.pid, str(data_root), str(exec_root), str(log_path))
+    engine = PrivateEngine(
+        name,
+        host,
+        proc.pid,
+        str(data_root),
+        str(exec_root),
+        str(log_path),
+        owner_pid=os.getpid() if owned else None,
+        owner_host=socket.gethostname() if owned else "",
+    )
     try:
         lab.wait_until(
             lambda: _answers(engine, proc),
@@ -170,3 +187,24 @@ def remove_data(paths: Paths, name: str) -> None:
     base, run = _dirs(paths, name)
     shutil.rmtree(base, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
+
+
+def reap_orphans(paths: Paths) -> list[str]:
+    """Stop and delete lane engines whose sweep process is gone; user-started ones stay."""
+    reaped = []
+    if not paths.engines.is_dir():
+        return reaped
+    for state in paths.engines.glob("*/engine.json"):
+        engine = load(paths, state.parent.name)
+        if engine is None or engine.owner_pid is None:
+            continue
+        owner = {
+            lab.OWNER_PID_LABEL: str(engine.owner_pid),
+            lab.OWNER_HOST_LABEL: engine.owner_host,
+        }
+        if lab._owner_alive(owner):
+            continue
+        stop(paths, engine.name)
+        remove_data(paths, engine.name)
+        reaped.append(engine.name)
+    return reaped

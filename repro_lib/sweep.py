@@ -367,7 +367,7 @@ class _LaneEngines:
             for lane in range(self.lanes):
                 name = f"{lab_id()}-{self.sweep_id}-l{lane}"
                 self.names.append(name)
-                started = private.start(self.paths, name)
+                started = private.start(self.paths, name, owned=True)
                 lane_client = lab.connect(started.host)
                 for data in blobs.values():
                     lane_client.images.load(data)

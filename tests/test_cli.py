@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 
@@ -157,7 +158,7 @@ def test_stop_on_failure_and_no_cleanup_then_reuse_the_cache(
         assert proc.returncode == 0, proc.stderr
         second = json.loads(proc.stdout.strip().splitlines()[-1])
         assert second["tries"] == 3
-        with sqlite3.connect(lab_home / "data/raw/trials.sqlite") as db:
+        with contextlib.closing(sqlite3.connect(lab_home / "data/raw/trials.sqlite")) as db:
             hits = [
                 r[0]
                 for r in db.execute(

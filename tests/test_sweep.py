@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -154,7 +155,7 @@ def test_bisect_logic_on_a_known_grid():
 
 
 def _sweep_rows(store):
-    with sqlite3.connect(store) as db:
+    with contextlib.closing(sqlite3.connect(store)) as db:
         return db.execute(
             "SELECT run_id, trial, started_at, lane, outcome FROM trials ORDER BY run_id, trial"
         ).fetchall()
@@ -218,17 +219,19 @@ def test_sweep_resumes_after_sigkill_without_lost_or_duplicated_trials(
     proc.communicate()
     before = _sweep_rows(store)
     assert 6 <= len(before) < 24
-    with sqlite3.connect(store) as db:
+    with contextlib.closing(sqlite3.connect(store)) as db:
         (sweep_id,) = db.execute("SELECT sweep_id FROM sweeps").fetchone()
     # the killed run's registries and lane engines are reaped by cleanup
     cleaned = run_cli("clean", home=lab_home)
     assert cleaned.returncode == 0, cleaned.stderr
+    assert "2 lane engines" in cleaned.stdout  # the killed sweep's private engines are stopped
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
     resumed = run_cli("sweep", "--resume", sweep_id, "--json", home=lab_home)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _sweep_rows(store)
     assert len(after) == 24
     assert set(before) <= set(after)  # nothing recorded before the kill was rerun or changed
+    assert not list((lab_home / "data/engines").glob("*/engine.json"))  # lane engines stopped
     for cell in (f"{sweep_id}-c000", f"{sweep_id}-c001"):
         assert [t for r, t, *_ in after if r == cell] == list(range(1, 13))
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
