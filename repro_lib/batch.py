@@ -23,7 +23,7 @@ from . import lab
 from .builders import BatchEnv, backend_class
 from .config import Paths
 from .errors import InfraError, UsageError
-from .records import Outcome, TrialRecord
+from .records import Outcome, TrialRecord, evidence
 from .scenario import Scenario, load_scenario
 from .store import Store
 from .trials import TrialContext, positions_of_failures, run_trials, validate_counts
@@ -112,9 +112,8 @@ class BatchSummary:
     ) -> BatchSummary:
         from .stats import failure_rate
 
-        counted = [r for r in records if r.outcome in (Outcome.OK, Outcome.MISSING_LAYER)]
-        failures = sum(r.outcome is Outcome.MISSING_LAYER for r in records)
-        rate = failure_rate(failures, len(counted))
+        failures, counted = evidence(records)
+        rate = failure_rate(failures, counted)
         return cls(
             run_id=run_id,
             backend=backend.name,

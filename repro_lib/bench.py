@@ -25,7 +25,7 @@ import docker
 
 from . import stats
 from .config import Paths
-from .records import Outcome
+from .records import evidence
 from .store import Store
 from .sweep import Plan, run_sweep
 
@@ -126,9 +126,8 @@ def run_bench(
         wall = time.monotonic() - started
         with Store(store_path) as store:
             records = [r for c in plan.cells() for r in store.trials(c.run_id(outcome.sweep_id))]
-        counted = [r for r in records if r.outcome in (Outcome.OK, Outcome.MISSING_LAYER)]
-        k = sum(r.outcome is Outcome.MISSING_LAYER for r in counted)
-        rate = stats.failure_rate(k, len(counted))
+        k, counted = evidence(records)
+        rate = stats.failure_rate(k, counted)
         per_minute = 60.0 * len(records) / wall if wall else 0.0
         phases = {
             p: round(sum(r.phases.get(p, 0.0) for r in records) / len(records), 4)
@@ -143,7 +142,7 @@ def run_bench(
             per_minute=round(per_minute, 2),
             ratio=1.0,
             failures=k,
-            counted=len(counted),
+            counted=counted,
             rate=rate.p_hat if counted else None,
             ci_low=rate.ci_low,
             ci_high=rate.ci_high,
@@ -156,7 +155,7 @@ def run_bench(
             row.ratio = round(per_minute / baseline.per_minute, 2) if baseline.per_minute else 0.0
             if counted and baseline.counted:
                 row.pvalue_vs_baseline = stats.compare(
-                    (k, len(counted)), (baseline.failures, baseline.counted)
+                    (k, counted), (baseline.failures, baseline.counted)
                 ).pvalue
         rows.append(row)
     return rows

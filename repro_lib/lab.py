@@ -300,9 +300,10 @@ class Registry:
                 f"port {self.port} on 127.0.0.1 is already taken",
                 hint="choose another port or let the lab pick one",
             )
-        attempts = 1 if self.port is not None else 3
+        fixed_port = self.port
+        attempts = 1 if fixed_port is not None else 3
         for attempt in range(attempts):
-            port = self.port if self.port is not None else free_port()
+            port = fixed_port if fixed_port is not None else free_port()
             try:
                 self._start_on(port)
                 return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,3 +82,17 @@ class TrialRecord:
 
 
 TRIAL_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialRecord))
+
+
+def evidence(records: Iterable[TrialRecord]) -> tuple[int, int]:
+    """(missing-layer failures, tries that count as evidence).
+
+    Only ``ok`` and ``missing_layer`` tries are evidence about the bug; build and
+    infra errors are left out of every rate.
+    """
+    k = n = 0
+    for r in records:
+        if r.outcome in (Outcome.OK, Outcome.MISSING_LAYER):
+            n += 1
+            k += r.outcome is Outcome.MISSING_LAYER
+    return k, n

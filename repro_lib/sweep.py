@@ -31,7 +31,7 @@ from .batch import BatchOptions, BatchSummary, LabSession, run_batch
 from .builders import backend_class
 from .config import Paths, lab_id
 from .errors import UsageError
-from .records import Outcome, TrialRecord
+from .records import Outcome, TrialRecord, evidence
 from .scenario import load_scenario
 from .store import Store
 
@@ -322,10 +322,9 @@ def stop_rule(plan: Plan) -> Callable[[list[TrialRecord]], stats.StopDecision] |
         return None
 
     def decide(records: list[TrialRecord]) -> stats.StopDecision:
-        counted = [r for r in records if r.outcome in (Outcome.OK, Outcome.MISSING_LAYER)]
-        k = sum(r.outcome is Outcome.MISSING_LAYER for r in counted)
+        k, n = evidence(records)
         return stats.should_stop(
-            k, len(counted), max_rate=plan.max_rate, alpha=plan.alpha, min_tries=plan.min_tries
+            k, n, max_rate=plan.max_rate, alpha=plan.alpha, min_tries=plan.min_tries
         )
 
     return decide
@@ -580,9 +579,8 @@ def summarize(store_path: str | Path, sweep_id: str, plan: Plan) -> SweepOutcome
             run_id = cell.run_id(sweep_id)
             records = store.trials(run_id)
             run = store.run(run_id) or {}
-            counted = [r for r in records if r.outcome in (Outcome.OK, Outcome.MISSING_LAYER)]
-            k = sum(r.outcome is Outcome.MISSING_LAYER for r in counted)
-            rate = stats.failure_rate(k, len(counted), alpha=plan.alpha)
+            k, n = evidence(records)
+            rate = stats.failure_rate(k, n, alpha=plan.alpha)
             stopped = ((run.get("summary") or {}).get("stopped")) or ""
             rows.append(
                 CellResult(
@@ -592,14 +590,12 @@ def summarize(store_path: str | Path, sweep_id: str, plan: Plan) -> SweepOutcome
                     failures=k,
                     build_errors=sum(r.outcome is Outcome.BUILD_ERROR for r in records),
                     infra_errors=sum(r.outcome is Outcome.INFRA_ERROR for r in records),
-                    rate=rate.p_hat if counted else None,
+                    rate=rate.p_hat if n else None,
                     ci_low=rate.ci_low,
                     ci_high=rate.ci_high,
                     tries_to_verdict=len(records),
                     stopped=stopped,
-                    verdict=stats.verdict(
-                        k, len(counted), max_rate=plan.max_rate, alpha=plan.alpha
-                    ),
+                    verdict=stats.verdict(k, n, max_rate=plan.max_rate, alpha=plan.alpha),
                 )
             )
     return SweepOutcome(sweep_id, rows, status)

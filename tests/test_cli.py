@@ -170,3 +170,86 @@ def test_stop_on_failure_and_no_cleanup_then_reuse_the_cache(
         proc = run_cli("clean", "--run", first["run_id"], home=lab_home)
         assert proc.returncode == 0
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+SWEEP_BAD_INPUTS = [
+    (
+        "plan-malformed",
+        lambda t: ["--plan", _write(t / "p.toml", "versions = [v0.9.0")],
+        r"not valid TOML",
+    ),
+    (
+        "plan-unknown-axis",
+        lambda t: ["--plan", _write(t / "p.toml", 'versions = ["v0.9.0"]\ncolour = 1\n')],
+        r"unknown plan key colour",
+    ),
+    ("plan-missing", lambda t: ["--plan", str(t / "none.toml")], r"does not exist"),
+    ("versions-bad", lambda t: ["--versions", "0.9"], r"neither vX.Y.Z nor an image"),
+    ("versions-duplicate", lambda t: ["--versions", "v0.9.0,v0.9.0"], r"more than once"),
+    ("reset-freq-zero", lambda t: ["--versions", "v0.9.0", "--reset-freq", "0"], r"at least 1"),
+    ("tries-zero", lambda t: ["--versions", "v0.9.0", "--tries", "0"], r"tries must be at least 1"),
+    ("lanes-zero", lambda t: ["--versions", "v0.9.0", "--lanes", "0"], r"lanes must be at least 1"),
+    ("no-versions", lambda t: [], r"--versions is required"),
+    (
+        "resume-unknown",
+        lambda t: ["--resume", "s-none", "--store", _write(t / "s.sqlite", "")],
+        r"no sweep 's-none'",
+    ),
+]
+
+
+def _write(path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", SWEEP_BAD_INPUTS, ids=[c[0] for c in SWEEP_BAD_INPUTS])
+def test_sweep_bad_input_is_one_line_and_exit_2(case, tmp_path):
+    _, build_args, pattern = case
+    proc = run_cli("sweep", *build_args(tmp_path), home=tmp_path, timeout=120)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert re.search(pattern, proc.stderr), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_sweep_with_an_absent_version_offline(docker_client, fixture_images, lab_home):
+    proc = run_cli("sweep", *CONTAINER_ARGS, "--versions", "v0.0.1", home=lab_home)
+    assert proc.returncode == 2
+    assert "moby/buildkit:v0.0.1-rootless is not present locally" in proc.stderr
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def test_report_command_on_a_real_engine_store(docker_client, fixture_images, docker_cli, lab_home):
+    import csv
+
+    proc = run_cli("reproduce", *ENGINE_ARGS, "--tries", "4", "--reset-freq", "2", home=lab_home)
+    assert proc.returncode == 0, proc.stderr
+    out = lab_home / "report"
+    proc = run_cli("report", "--out", str(out), home=lab_home)
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "report.md").read_text()
+    assert "repro-lib reproduce --backend engine" in text  # the command that reproduces it
+    assert "engine-" in text and "| Cell |" in text
+    for png in re.findall(r"\]\(([^)]+\.png)\)", text):
+        assert (out / png).stat().st_size > 1000
+    with (out / "trials.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_report_of_a_missing_store_is_one_line(tmp_path):
+    proc = run_cli("report", "--store", str(tmp_path / "none.sqlite"), home=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_runs_on_the_engine_backend(docker_client, fixture_images, docker_cli, lab_home):
+    proc = run_cli(
+        "bench", *ENGINE_ARGS, "--tries", "8", "--lanes", "2", "--json", home=lab_home, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
+    assert [r["ratio"] for r in rows][0] == 1.0 and len(rows) == 2
+    assert all(r["trials"] == 8 and r["per_minute"] > 0 for r in rows)
+    assert "× baseline" in proc.stderr and "Mean seconds per try" in proc.stderr
+    assert all("build" in r["phases"] and "verify" in r["phases"] for r in rows)
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}

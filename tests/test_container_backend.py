@@ -40,6 +40,7 @@ for a in "$@"; do
     type=local,dest=*) cache="${a#type=local,dest=}"; cache="${cache%%,*}" ;;
   esac
 done
+case "$*" in *--export-cache*) if [ -f "$ctx/slow-export" ]; then sleep 120; fi ;; esac
 state=/home/user/.local/share/buildkit
 n=$(cat "$state/count" 2>/dev/null || echo 0); n=$((n+1)); echo "$n" > "$state/count"
 echo "state count $n"
@@ -173,6 +174,14 @@ def test_container_batch_plumbing_with_a_stand_in(docker_client, fake_buildkit, 
         counts.append(int(re.search(r"state count (\d+)", text).group(1)))
     # the state volume is fresh after every reset and kept within a cycle
     assert counts == [1, 2, 1, 2, 1]
+    from repro_lib.store import Store
+
+    with Store(lab_home / "data/raw/trials.sqlite") as store:
+        records = store.trials(summary["run_id"])
+    assert [r.privileged for r in records] == [
+        False
+    ] * 5  # rootless: never privileged, and recorded
+    assert all(r.phases.get("container_start") is not None for r in records)
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
     assert not list((lab_home / "data/runs").rglob("outputs/*.tar"))
     assert not list((lab_home / "data/runs").rglob("cache"))
@@ -229,3 +238,56 @@ def test_a_failing_buildkit_is_a_build_error_with_its_log(
     assert proc.returncode == 2
     assert "buildctl exited 1" in proc.stderr and "log:" in proc.stderr
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_signals_during_the_cache_export(docker_client, fake_buildkit, lab_home, tmp_path, sig):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from repro_lib.config import LAB_LABEL, ROLE_LABEL, lab_id
+
+    from .conftest import repro_lib_cmd
+
+    scenario = tmp_path / "slow"
+    scenario.mkdir()
+    (scenario / "Dockerfile").write_text("FROM scratch\nCOPY repro.txt /\n")
+    (scenario / "expected.txt").write_text("repro.txt\n")
+    (scenario / "repro.txt").write_text("x")
+    (scenario / "slow-export").write_text("")
+    proc = subprocess.Popen(
+        repro_lib_cmd(
+            "reproduce",
+            *CONTAINER_ARGS,
+            "--image",
+            FAKE,
+            "--scenario",
+            str(scenario),
+            "--tries",
+            "3",
+        ),
+        cwd=lab_home,
+        env=dict(os.environ, REPRO_LIB_HOME=str(lab_home)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    flt = {"label": [f"{ROLE_LABEL}=buildkit", f"{LAB_LABEL}={lab_id()}"], "status": "running"}
+    deadline = time.monotonic() + 60
+    while not [c for c in docker_client.containers.list(filters=flt) if c.name.endswith("-export")]:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the export never started"
+        time.sleep(0.1)
+    started = time.monotonic()
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    if sig == "SIGKILL":
+        assert lab.leftovers(docker_client)["containers"]  # a crash leaves things behind ...
+        assert run_cli("clean", home=lab_home).returncode == 0  # ... that clean removes
+    else:
+        assert proc.returncode == 130, err
+        assert time.monotonic() - started < 30  # it did not wait for the 120 s export
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+    assert not list((lab_home / "data/runs").rglob("ctx"))

@@ -175,3 +175,21 @@ def test_host_facts(docker_client):
     assert facts.engine_version
     assert facts.kernel
     json.dumps(facts.__dict__)
+
+
+def test_registry_moves_on_when_its_chosen_port_is_taken(
+    docker_client, fixture_images, monkeypatch
+):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = iter([busy, lab.free_port()])
+        monkeypatch.setattr(lab, "free_port", lambda: next(ports))
+        run_id = lab.new_run_id("t")
+        with lab.Registry(
+            docker_client, run_id, role="cache", image=fixture_images["registry"]
+        ) as reg:
+            assert reg.port != busy
+            assert reg.answers_http()
+    assert lab.leftovers(docker_client, run_id) == {"containers": [], "volumes": []}

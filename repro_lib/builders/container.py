@@ -292,7 +292,9 @@ class ContainerBackend:
         dest = f"{OUTPUT_DIR}/out-{trial}.tar"
         args = self._build_args(export=False, dest=dest)
         if self.mode == "daemon":
-            return self._run_in_daemon(args, f"trial-{trial:04d}", dest)
+            # The daemon streams the result to stdout: no copy out of the container.
+            args = self._build_args(export=False, dest="-")
+            return self._run_in_daemon(args, f"trial-{trial:04d}")
         return self._run_once(self.image, args, f"trial-{trial:04d}", dest)
 
     def close(self) -> None:
@@ -427,7 +429,7 @@ class ContainerBackend:
         lab.wait_until(
             ready,
             timeout=self.startup_timeout,
-            interval=0.2,
+            interval=0.05,
             what="buildkitd",
             transient=(OSError, docker.errors.APIError),
             logs=lambda: self._logs(daemon),
@@ -445,7 +447,7 @@ class ContainerBackend:
             self.daemon.remove(force=True)
         self.daemon = None
 
-    def _run_in_daemon(self, args: list[str], tag: str, dest: str) -> BuildOutput:
+    def _run_in_daemon(self, args: list[str], tag: str) -> BuildOutput:
         env = self.env
         assert env is not None
         started = time.monotonic()
@@ -457,25 +459,26 @@ class ContainerBackend:
         daemon = self.daemon
         t0 = time.monotonic()
         try:
-            code, output = daemon.exec_run(["buildctl", *args])
+            code, (stdout, stderr) = daemon.exec_run(["buildctl", *args], demux=True)
         except docker.errors.DockerException as exc:
             raise InfraError(f"buildctl exec failed: {lab.describe_docker_error(exc)}") from exc
         phases["build"] = time.monotonic() - t0
-        log = output.decode(errors="replace")
-        write_log(
+        log = (stderr or b"").decode(errors="replace")
+        path = write_log(
             env, f"{tag}.log", f"# exec in {daemon.name}: buildctl {shlex.join(args)}\n" + log
         )
         if code != 0:
             raise BuildFailed(
-                f"buildctl exited {code}: {log_tail(log, 1)}",
+                f"buildctl exited {code}: {_reason(log)} (log: {path})",
                 log_tail=log_tail(log),
                 exit_code=code,
             )
         _check_cache_import(args, log)
         t0 = time.monotonic()
-        tarball = self._fetch_output(daemon, dest, tag)
-        with contextlib.suppress(docker.errors.DockerException):
-            daemon.exec_run(["rm", "-f", dest])
+        outdir = env.work_dir / "outputs"
+        outdir.mkdir(parents=True, exist_ok=True)
+        tarball = outdir / f"{tag}.tar"
+        tarball.write_bytes(stdout or b"")
         phases["copy_out"] = time.monotonic() - t0
         phases.update(step_times(log))
         return BuildOutput(tarball, log, time.monotonic() - started, phases=phases)

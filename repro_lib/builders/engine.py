@@ -296,5 +296,12 @@ class EngineBackend:
 
 
 def _engine_trouble(log: str) -> bool:
-    markers = ("Cannot connect to the Docker daemon", "error during connect", "connection refused")
-    return any(m in log for m in markers)
+    """Whether a failed ``docker build`` failed because the engine was away, not BuildKit."""
+    low = log.lower()
+    markers = (
+        "cannot connect to the docker daemon",
+        "error during connect",
+        "failed to dial grpc",
+        "connection refused",
+    )
+    return any(m in low for m in markers)
