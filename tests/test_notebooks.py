@@ -230,6 +230,10 @@ def _check_analysis(store: Path, home: Path) -> None:
     pngs = outputs(nb, "image/png")
     assert len(pngs) >= 5, f"expected one PNG per plot, got {len(pngs)}"
     assert str(store) in text_of(nb)
+    derived = Paths(home).processed
+    assert (derived / "rates_by_cell.csv").is_file() and (
+        derived / "rates_by_version.csv"
+    ).is_file()
 
 
 def _check_report(store: Path, home: Path) -> None:

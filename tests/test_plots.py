@@ -17,8 +17,9 @@ from repro_lib.plots import (  # noqa: E402
     plot_rate_by_position,
     plot_rate_vs_reset,
 )
-from repro_lib.records import Outcome, TrialRecord  # noqa: E402
 from repro_lib.results import derive  # noqa: E402
+
+from .factories import make_record
 
 ALL = [
     plot_rate_vs_reset,
@@ -38,24 +39,14 @@ def frame(specs) -> pd.DataFrame:
         for _ in range(count):
             trial += 1
             out.append(
-                TrialRecord(
-                    run_id="r",
-                    trial=trial,
-                    started_at="2024-05-01T10:00:00+00:00",
-                    duration_s=0.4 + 0.01 * trial,
-                    backend="container",
-                    image=f"moby/buildkit:{version}-rootless",
+                make_record(
+                    trial,
+                    outcome,
                     version=version,
-                    cache_image=f"moby/buildkit:{version}-rootless",
-                    cache_version=version,
-                    cache_type="registry",
+                    duration_s=0.4 + 0.01 * trial,
                     mode=mode,
                     reset_freq=reset_freq,
                     since_reset=since_reset,
-                    reset_index=0,
-                    lane=0,
-                    outcome=Outcome(outcome),
-                    cache_hits=2,
                 ).to_row()
             )
     return derive(pd.DataFrame(out))

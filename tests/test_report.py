@@ -19,6 +19,8 @@ from repro_lib.report import default_command, write_report  # noqa: E402
 from repro_lib.results import load_results  # noqa: E402
 from repro_lib.store import Store  # noqa: E402
 
+from .factories import make_record
+
 
 def fill(store: Store, run_id: str, specs, *, params=None, sweep_id=None) -> None:
     """Append trials: specs of (version, reset_freq, since_reset, outcome, count)."""
@@ -28,24 +30,14 @@ def fill(store: Store, run_id: str, specs, *, params=None, sweep_id=None) -> Non
         for _ in range(count):
             trial += 1
             store.append(
-                TrialRecord(
-                    run_id=run_id,
-                    trial=trial,
-                    started_at=f"2024-05-01T10:{trial // 60:02d}:{trial % 60:02d}+00:00",
-                    duration_s=0.5,
-                    backend="container",
-                    image=f"moby/buildkit:{version}-rootless",
+                make_record(
+                    trial,
+                    outcome,
                     version=version,
-                    cache_image=f"moby/buildkit:{version}-rootless",
-                    cache_version=version,
-                    cache_type="registry",
-                    mode="daemonless",
+                    run_id=run_id,
+                    started_at=f"2024-05-01T10:{trial // 60:02d}:{trial % 60:02d}+00:00",
                     reset_freq=reset_freq,
                     since_reset=since_reset,
-                    reset_index=0,
-                    lane=0,
-                    outcome=Outcome(outcome),
-                    cache_hits=2,
                     sweep_id=sweep_id,
                     engine_version="24.0.5",
                     kernel="6.1.0-test",

@@ -10,34 +10,22 @@ import pandas as pd
 import pytest
 
 from repro_lib.errors import UsageError
-from repro_lib.records import Outcome, TrialRecord
+from repro_lib.records import TrialRecord
 from repro_lib.results import RESULT_COLUMNS, derive, load_results, raw_rows
 from repro_lib.store import Store
+
+from .factories import make_record
 
 
 def record(trial: int, outcome: str = "ok", **kw) -> TrialRecord:
     values = dict(
         run_id="r1",
-        trial=trial,
         started_at=f"2024-05-01T10:00:{trial % 60:02d}.000+00:00",
-        duration_s=0.5,
-        backend="container",
-        image="moby/buildkit:v0.9.0-rootless",
-        version="v0.9.0",
-        cache_image="moby/buildkit:v0.9.0-rootless",
-        cache_version="v0.9.0",
-        cache_type="registry",
-        mode="daemonless",
-        reset_freq=1,
-        since_reset=1,
         reset_index=trial - 1,
-        lane=0,
-        outcome=Outcome(outcome),
-        cache_hits=2,
         cache_steps=2,
     )
     values.update(kw)
-    return TrialRecord(**values)
+    return make_record(trial, outcome, **values)
 
 
 def test_missing_store_raises_usage_error_with_hint(tmp_path):

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from repro_lib.records import Outcome, TrialRecord
 from repro_lib.results import derive
 from repro_lib.stats import (
     Comparison,
@@ -27,6 +26,8 @@ from repro_lib.stats import (
     verdict,
 )
 
+from .factories import make_record
+
 
 def rows(specs):
     """Synthetic trials: specs of (version, reset_freq, since_reset, outcome, count)."""
@@ -35,24 +36,8 @@ def rows(specs):
         for _ in range(count):
             trial += 1
             out.append(
-                TrialRecord(
-                    run_id="r",
-                    trial=trial,
-                    started_at="2024-05-01T10:00:00+00:00",
-                    duration_s=0.5,
-                    backend="container",
-                    image=f"moby/buildkit:{version}-rootless",
-                    version=version,
-                    cache_image=f"moby/buildkit:{version}-rootless",
-                    cache_version=version,
-                    cache_type="registry",
-                    mode="daemonless",
-                    reset_freq=reset_freq,
-                    since_reset=since_reset,
-                    reset_index=0,
-                    lane=0,
-                    outcome=Outcome(outcome),
-                    cache_hits=2,
+                make_record(
+                    trial, outcome, version=version, reset_freq=reset_freq, since_reset=since_reset
                 ).to_row()
             )
     return derive(pd.DataFrame(out))

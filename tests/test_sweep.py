@@ -17,6 +17,7 @@ from repro_lib.records import Outcome, TrialRecord
 from repro_lib.sweep import Plan, Probe, bisect_versions, load_plan, stop_rule, validate_plan
 
 from .conftest import ENGINE_ARGS, repro_lib_cmd, run_cli
+from .factories import make_record
 
 PLAN_ERRORS = [
     ({"versions": ["v0.9.0"], "colour": "red"}, "unknown plan key colour"),
@@ -82,26 +83,7 @@ def _records(outcomes: str) -> list[TrialRecord]:
     out = []
     for i, ch in enumerate(outcomes, start=1):
         outcome = {"o": Outcome.OK, "x": Outcome.MISSING_LAYER, "b": Outcome.BUILD_ERROR}[ch]
-        out.append(
-            TrialRecord(
-                run_id="r",
-                trial=i,
-                started_at="",
-                duration_s=0,
-                backend="engine",
-                image="i",
-                version="v",
-                cache_image="i",
-                cache_version="v",
-                cache_type="inline",
-                mode="engine",
-                reset_freq=4,
-                since_reset=1,
-                reset_index=0,
-                lane=0,
-                outcome=outcome,
-            )
-        )
+        out.append(make_record(i, outcome.value))
     return out
 
 
