@@ -16,10 +16,10 @@ from repro_lib.scenario import load_scenario
 from repro_lib.verify import verify_tarball
 
 
-def _build(docker_client, docker_cli, base, tmp_path, output: str):
+def _engine_build(docker_client, docker_cli, base, tmp_path, *output_args: str):
+    """Build the reference scenario on the engine's BuildKit; returns the scenario."""
     scenario = load_scenario(base_image=base)
     ctx = scenario.write_to(tmp_path / "ctx")
-    dest = tmp_path / f"out-{output}.tar"
     env = dict(os.environ, DOCKER_BUILDKIT="1", DOCKER_HOST=lab.engine_host_of(docker_client))
     proc = subprocess.run(
         [
@@ -30,8 +30,7 @@ def _build(docker_client, docker_cli, base, tmp_path, output: str):
             "--progress=plain",
             "--build-arg",
             f"BASE_IMAGE={base}",
-            "-o",
-            f"type={output},dest={dest}",
+            *output_args,
             str(ctx),
         ],
         capture_output=True,
@@ -40,6 +39,14 @@ def _build(docker_client, docker_cli, base, tmp_path, output: str):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return scenario
+
+
+def _build(docker_client, docker_cli, base, tmp_path, output: str):
+    dest = tmp_path / f"out-{output}.tar"
+    scenario = _engine_build(
+        docker_client, docker_cli, base, tmp_path, "-o", f"type={output},dest={dest}"
+    )
     return scenario, dest
 
 
@@ -123,29 +130,8 @@ def _names(layer: bytes) -> list[str]:
 
 def _saved_image(docker_client, docker_cli, base, tmp_path):
     """A real image built by the engine and written by `docker save` (layers kept apart)."""
-    scenario = load_scenario(base_image=base)
-    ctx = scenario.write_to(tmp_path / "ctx")
     ref = "repro-lib-test/verify:latest"
-    env = dict(os.environ, DOCKER_BUILDKIT="1", DOCKER_HOST=lab.engine_host_of(docker_client))
-    proc = subprocess.run(
-        [
-            docker_cli,
-            "build",
-            "--network",
-            "host",
-            "--progress=plain",
-            "--build-arg",
-            f"BASE_IMAGE={base}",
-            "-t",
-            ref,
-            str(ctx),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    scenario = _engine_build(docker_client, docker_cli, base, tmp_path, "-t", ref)
     dest = tmp_path / "saved.tar"
     try:
         with dest.open("wb") as f:
