@@ -20,7 +20,7 @@ from typing import Any
 import docker
 
 from . import lab
-from .builders import BatchEnv, backend_class
+from .builders import BatchEnv, backend_class, supports
 from .config import Paths
 from .errors import InfraError, UsageError
 from .records import Outcome, TrialRecord, evidence
@@ -66,6 +66,12 @@ class BatchOptions:
         factory = backend_class(self.backend)
         if self.cache is None:
             self.cache = factory.cache_types[0]
+        if self.mode == "daemon" and not supports(factory, "daemon-mode"):
+            raise UsageError(
+                f"--mode daemon applies to a backend with its own daemon, not {self.backend}"
+            )
+        if self.output == "oci" and not supports(factory, "oci-output"):
+            raise UsageError(f"the {self.backend} backend writes --output tar only")
         if self.cache not in factory.cache_types:
             raise UsageError(
                 f"the {self.backend} backend takes --cache {' or '.join(factory.cache_types)}, not {self.cache}"
@@ -424,7 +430,7 @@ def reproduce(
             paths=paths,
             offline=options.offline,
             registry_image=options.registry_image,
-            need_mirror=backend_class(options.backend).needs_mirror,
+            need_mirror=supports(backend_class(options.backend), "mirror"),
             seed_images=scenario.base_images(),
             keep=options.no_cleanup,
         ) as session,

@@ -37,9 +37,6 @@ class Scenario:
             h.update(name.encode() + b"\0" + self.files[name] + b"\0")
         return h.hexdigest()[:12]
 
-    def with_base_image(self, base_image: str | None) -> Scenario:
-        return Scenario(self.name, self.files, self.expected, base_image)
-
     def build_args(self) -> dict[str, str]:
         return {"BASE_IMAGE": self.base_image} if self.base_image else {}
 

@@ -28,7 +28,7 @@ import tomllib
 
 from . import lab, stats
 from .batch import BatchOptions, BatchSummary, LabSession, run_batch
-from .builders import backend_class
+from .builders import backend_class, supports
 from .config import Paths, lab_id
 from .errors import UsageError
 from .records import Outcome, TrialRecord, evidence
@@ -155,10 +155,6 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return validate_plan(data)
-
 
 def _as_list(name: str, value: Any, kind: type) -> list[Any]:
     if isinstance(value, str):
@@ -232,6 +228,8 @@ def validate_plan(raw: dict[str, Any]) -> Plan:
     for mode in plan.mode:
         if mode not in ("daemonless", "daemon"):
             raise UsageError(f"mode {mode!r} needs daemonless or daemon")
+        if mode == "daemon" and not supports(factory, "daemon-mode"):
+            raise UsageError(f"mode daemon applies to a backend with its own daemon, not {backend}")
     if backend == "container":
         for v in plan.versions + (plan.cache_versions or []):
             resolve_version(v)
@@ -275,7 +273,7 @@ def load_plan(path: str | Path, **overrides: Any) -> Plan:
 # scheduling ------------------------------------------------------------------
 
 
-def schedule(cells: list[Cell], lanes: int) -> queue.Queue[Cell]:
+def schedule(cells: list[Cell]) -> queue.Queue[Cell]:
     """A shared work queue: each lane takes the next cell when it is free."""
     work: queue.Queue[Cell] = queue.Queue()
     for cell in cells:
@@ -441,7 +439,7 @@ def run_sweep(
                     paths=paths,
                     offline=bool(plan.batch.get("offline")),
                     registry_image=plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE),
-                    need_mirror=factory.needs_mirror,
+                    need_mirror=supports(factory, "mirror"),
                     seed_images=scenario.base_images(),
                 )
             )
@@ -451,7 +449,7 @@ def run_sweep(
                     _LaneEngines(client, paths, sweep_id, lanes, scenario.base_images())
                 )
                 lane_clients = list(engines.clients)
-            work = schedule(todo, lanes)
+            work = schedule(todo)
 
             def lane_main(lane: int) -> None:
                 try:

@@ -10,7 +10,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import __version__
 from .builders import Backend, BatchEnv, BuildOutput
@@ -245,7 +244,3 @@ def _record(
 
 def positions_of_failures(records: Iterable[TrialRecord]) -> list[int]:
     return [r.since_reset for r in records if r.outcome is Outcome.MISSING_LAYER]
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

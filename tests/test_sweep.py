@@ -33,6 +33,7 @@ PLAN_ERRORS = [
     ({"versions": ["0.9"]}, "neither vX.Y.Z nor an image"),
     ({"backend": "engine", "cache_versions": ["v0.9.0"]}, "container backend only"),
     ({"backend": "podman"}, "unknown backend"),
+    ({"backend": "engine", "mode": ["daemon"]}, "mode daemon applies"),
 ]
 
 

@@ -102,6 +102,8 @@ class Backend(Protocol):
     mode: str
     privileged: bool
     buildkit_version: str
+    features: frozenset[str]  # which of FEATURES the backend supports
+    cache_types: tuple[str, ...]  # the first is the default
 
     def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
         """Check requirements and set up state; raise MissingRequirement or UsageError."""
@@ -118,13 +120,22 @@ class Backend(Protocol):
     def close(self) -> None:
         """Remove everything this backend made (unless the batch keeps it)."""
 
-    def supports(self, feature: str) -> bool: ...
-
 
 BACKENDS: dict[str, Callable[..., Backend]] = {}
 FEATURES = frozenset(
     {"registry-cache", "local-cache", "inline-cache", "daemon-mode", "oci-output", "mirror"}
 )
+
+
+def supports(backend: Any, feature: str) -> bool:
+    """Whether a backend (class or instance) supports ``feature``.
+
+    Raises:
+        ValueError: ``feature`` is not a known feature name (a typo must not read as "no").
+    """
+    if feature not in FEATURES:
+        raise ValueError(f"unknown feature {feature!r}")
+    return feature in backend.features
 
 
 def register(name: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
@@ -148,11 +159,6 @@ def backend_class(name: str) -> Any:
         raise UsageError(
             f"unknown backend {name!r}", hint=f"choose one of: {', '.join(sorted(BACKENDS))}"
         ) from None
-
-
-def check_feature(feature: str) -> None:
-    if feature not in FEATURES:
-        raise ValueError(f"unknown feature {feature!r}")
 
 
 _VERSION_RE = re.compile(r":(v\d+\.\d+\.\d+[^-@]*)")

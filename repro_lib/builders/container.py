@@ -81,7 +81,8 @@ class ContainerBackend:
 
     name = "container"
     cache_types = CACHE_TYPES
-    needs_mirror = True  # BuildKit in a container pulls the base image through the mirror
+    # "mirror": BuildKit in a container pulls the base image through the lab's mirror
+    features = frozenset({"registry-cache", "local-cache", "daemon-mode", "oci-output", "mirror"})
 
     @classmethod
     def from_options(cls, options: Any) -> ContainerBackend:
@@ -144,10 +145,6 @@ class ContainerBackend:
         self._cycle = 0
 
     # setup ---------------------------------------------------------------
-    def supports(self, feature: str) -> bool:
-        features = {"registry-cache", "local-cache", "daemon-mode", "oci-output", "mirror"}
-        return feature in features
-
     def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
         self.env, self.lane = env, lane
         for image in dict.fromkeys([self.image, self.cache_image]):

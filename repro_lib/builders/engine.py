@@ -118,12 +118,10 @@ class EngineBackend:
     cache_type = "inline"
     privileged = False
     cache_types = ("inline",)
-    needs_mirror = False  # the engine builds FROM its own image store
+    features = frozenset({"inline-cache"})  # no mirror: the engine builds FROM its own images
 
     @classmethod
     def from_options(cls, options: Any) -> EngineBackend:
-        if options.mode != "daemonless":
-            raise UsageError("--mode applies to the container backend only")
         return cls(
             allow_prune=options.allow_prune,
             docker_cli=options.docker_cli,
@@ -161,9 +159,6 @@ class EngineBackend:
         self.env: BatchEnv | None = None
         self.cli = ""
         self.context_dir: Path | None = None
-
-    def supports(self, feature: str) -> bool:
-        return feature in {"inline-cache"}
 
     def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
         self.env = env
