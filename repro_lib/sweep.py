@@ -443,12 +443,17 @@ def run_sweep(
                     seed_images=scenario.base_images(),
                 )
             )
-            lane_clients: list[docker.DockerClient | None] = [None] * lanes
             if plan.backend != "container" and lanes > 1:
                 engines = stack.enter_context(
                     _LaneEngines(client, paths, sweep_id, lanes, scenario.base_images())
                 )
                 lane_clients = list(engines.clients)
+            else:
+                # one SDK client per lane thread: a client's HTTP session is not shared
+                host = lab.engine_host_of(client)
+                lane_clients = [lab.connect(host) for _ in range(lanes)]
+                for c in lane_clients:
+                    stack.callback(c.close)
             work = schedule(todo)
 
             def lane_main(lane: int) -> None:
@@ -524,7 +529,7 @@ def _run_cell(
     cell: Cell,
     sweep_id: str,
     lane: int,
-    client: docker.DockerClient | None,
+    client: docker.DockerClient,
     rule: Any,
     prior: list[TrialRecord],
     bar: Any,
