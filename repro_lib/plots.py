@@ -10,6 +10,7 @@ of an exception. Rates count only ``ok`` and ``missing_layer`` tries.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -69,6 +70,16 @@ def _errorbars(table: pd.DataFrame) -> np.ndarray:
     return np.vstack([low, high])
 
 
+def _finish_rate_axes(ax: Any, xlabel: str, title: str, alpha: float, method: str) -> None:
+    """Labels, limits and legend shared by the rate-with-error-bars plots."""
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(_RATE_LABEL)
+    ax.set_title(f"{title}\n(error bars: {_conf(alpha)} {_METHOD_NAMES[method]} interval)")
+    ax.legend(title="BuildKit version")
+    ax.grid(True, alpha=0.3)
+
+
 def plot_rate_vs_reset(
     df: pd.DataFrame, *, method: Method = "wilson", alpha: float = 0.05
 ) -> Figure:
@@ -98,12 +109,9 @@ def plot_rate_vs_reset(
     ax.set_xscale("log", base=2)
     freqs = sorted(table["reset_freq"].astype(int).unique())
     ax.set_xticks(freqs, [str(f) for f in freqs])
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("reset frequency (tries per fresh BuildKit state, log2 scale)")
-    ax.set_ylabel(_RATE_LABEL)
-    ax.set_title(f"{title}\n(error bars: {_conf(alpha)} {_METHOD_NAMES[method]} interval)")
-    ax.legend(title="BuildKit version")
-    ax.grid(True, alpha=0.3)
+    _finish_rate_axes(
+        ax, "reset frequency (tries per fresh BuildKit state, log2 scale)", title, alpha, method
+    )
     return fig
 
 
@@ -169,12 +177,9 @@ def plot_rate_by_position(
     positions = sorted(table["since_reset"].astype(int).unique())
     if len(positions) <= 20:
         ax.set_xticks(positions, [str(p) for p in positions])
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("position since the last reset (1 = first try on a fresh state)")
-    ax.set_ylabel(_RATE_LABEL)
-    ax.set_title(f"{title}\n(error bars: {_conf(alpha)} {_METHOD_NAMES[method]} interval)")
-    ax.legend(title="BuildKit version")
-    ax.grid(True, alpha=0.3)
+    _finish_rate_axes(
+        ax, "position since the last reset (1 = first try on a fresh state)", title, alpha, method
+    )
     return fig
 
 

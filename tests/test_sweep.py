@@ -221,13 +221,7 @@ def test_sweep_resumes_after_sigkill_without_lost_or_duplicated_trials(
 
 
 def test_until_confident_stops_cells_early(docker_client, fixture_images, docker_cli, lab_home):
-    env = {
-        "REPRO_LIB_BACKEND_MODULES": "tests.controlled_backend",
-        "REPRO_LIB_FAULTY_VERSIONS": "bad",
-        "REPRO_LIB_CLEAN_VERSIONS": "good",
-        "PYTHONPATH": _repo_root(),
-    }
-    args = [a if a != "engine" else "engine-dropping" for a in ENGINE_ARGS]
+    env, args = _controlled(faulty="bad", clean="good")
     proc = run_cli(
         "sweep",
         *args,
@@ -257,13 +251,7 @@ def test_until_confident_stops_cells_early(docker_client, fixture_images, docker
 
 
 def test_bisect_through_the_engine_backend(docker_client, fixture_images, docker_cli, lab_home):
-    env = {
-        "REPRO_LIB_BACKEND_MODULES": "tests.controlled_backend",
-        "REPRO_LIB_FAULTY_VERSIONS": "v3,v4,v5",
-        "REPRO_LIB_CLEAN_VERSIONS": "v0,v1,v2",
-        "PYTHONPATH": _repo_root(),
-    }
-    args = [a if a != "engine" else "engine-dropping" for a in ENGINE_ARGS]
+    env, args = _controlled(faulty="v3,v4,v5", clean="v0,v1,v2")
     proc = run_cli(
         "bisect",
         *args,
@@ -287,6 +275,17 @@ def test_bisect_through_the_engine_backend(docker_client, fixture_images, docker
     assert result["boundary"] == ["v2", "v3"]
     assert all(p["statement"] for p in result["probes"])
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def _controlled(*, faulty: str, clean: str) -> tuple[dict[str, str], list[str]]:
+    """Environment and CLI arguments for the engine backend whose outcomes the test controls."""
+    env = {
+        "REPRO_LIB_BACKEND_MODULES": "tests.controlled_backend",
+        "REPRO_LIB_FAULTY_VERSIONS": faulty,
+        "REPRO_LIB_CLEAN_VERSIONS": clean,
+        "PYTHONPATH": _repo_root(),
+    }
+    return env, [a if a != "engine" else "engine-dropping" for a in ENGINE_ARGS]
 
 
 def _repo_root() -> str:
