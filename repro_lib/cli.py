@@ -368,7 +368,7 @@ def clean(run_id: str | None, everything: bool, engine_host: str | None) -> None
     """
     from .batch import reap_dead_run_dirs, remove_scratch
     from .config import Paths
-    from .engine import reap_orphans
+    from .dockerd import reap_orphans
     from .lab import sweep
 
     client = _client(engine_host)
@@ -403,7 +403,7 @@ def engine() -> None:
 @handle_errors
 def engine_start(name: str) -> None:
     """Start a private dockerd and print its DOCKER_HOST (the engine backend may prune it)."""
-    from . import engine as private
+    from . import dockerd as private
     from .config import Paths
 
     started = private.start(Paths.from_env(), name)
@@ -415,7 +415,7 @@ def engine_start(name: str) -> None:
 @handle_errors
 def engine_stop(name: str) -> None:
     """Stop a private dockerd started by `repro-lib engine start`."""
-    from . import engine as private
+    from . import dockerd as private
     from .config import Paths
 
     click.echo("stopped" if private.stop(Paths.from_env(), name) else "not running")
@@ -426,7 +426,7 @@ def engine_stop(name: str) -> None:
 @handle_errors
 def engine_status(name: str) -> None:
     """Print the DOCKER_HOST of a running private engine, or exit 2."""
-    from . import engine as private
+    from . import dockerd as private
     from .config import Paths
 
     found = private.load(Paths.from_env(), name)
@@ -700,8 +700,8 @@ def bisect(
     Each probe runs until its verdict is decisive (a failure seen, or no failure
     with the upper bound below --max-rate) and states its confidence.
     """
+    from .bisect import bisect_versions, probe_with_sweep
     from .config import Paths
-    from .sweep import bisect_versions, probe_with_sweep
 
     versions = _csv(version_list) or []
     axes = {

@@ -147,7 +147,7 @@ def test_killed_cache_registry_is_an_infra_error_and_stops_clearly(
 @pytest.fixture
 def private_engine(docker_client, fixture_images, lab_home):
     """A lab-started engine of this test's own, loaded with the fixture images."""
-    from repro_lib import engine as private
+    from repro_lib import dockerd as private
     from repro_lib.config import Paths
     from repro_lib.errors import MissingRequirement
 
@@ -168,7 +168,7 @@ def private_engine(docker_client, fixture_images, lab_home):
 
 
 def test_engine_restart_mid_batch_is_ridden_out(private_engine, lab_home):
-    from repro_lib import engine as private
+    from repro_lib import dockerd as private
 
     paths, name, started, client = private_engine
     store_path = lab_home / "data/raw/trials.sqlite"

@@ -12,9 +12,10 @@ import time
 import pytest
 
 from repro_lib import lab
+from repro_lib.bisect import Probe, bisect_versions
 from repro_lib.errors import UsageError
 from repro_lib.records import Outcome, TrialRecord
-from repro_lib.sweep import Plan, Probe, bisect_versions, load_plan, stop_rule, validate_plan
+from repro_lib.sweep import Plan, load_plan, stop_rule, validate_plan
 
 from .conftest import ENGINE_ARGS, repro_lib_cmd, run_cli
 from .factories import make_record
