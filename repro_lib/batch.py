@@ -299,6 +299,7 @@ def run_batch(
     on_record: Callable[[TrialRecord], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
     client: docker.DockerClient | None = None,
+    attempt: int = 1,
 ) -> BatchSummary:
     """Export the cache (unless skipped) and run the trials of one cell.
 
@@ -325,6 +326,7 @@ def run_batch(
         lane=lane,
         sweep_id=sweep_id,
         cell=cell,
+        attempt=attempt,
     )
     status = "failed"
     stopped = ""

@@ -8,7 +8,9 @@ resets). Ratios are to the baseline measured in the same run:
 * container backend: the public script's procedure (``daemonless``, one
   ``buildctl-daemonless.sh`` container per try, one lane) vs ``daemon`` mode
   (one ``buildkitd`` per reset cycle) vs N lanes of each;
-* engine backend: one lane vs N lanes (each lane its own private engine).
+* engine backend: one lane vs N lanes (each lane its own private engine);
+* with ``cluster``: the N-lane configuration again as cells on a Dask cluster
+  (``local``: N worker processes here), with tries per minute per worker.
 
 Each row also carries its failure rate with an interval and Fisher's test
 against the baseline, so a speed-up that stops reproducing the bug shows.
@@ -46,6 +48,7 @@ class BenchConfig:
     name: str
     mode: str
     lanes: int
+    cluster: str | None = None
 
 
 @dataclass
@@ -63,9 +66,21 @@ class BenchRow:
     ci_high: float
     pvalue_vs_baseline: float | None
     phases: dict[str, float] = field(default_factory=dict)
+    per_host: dict[str, float] = field(default_factory=dict)  # tries/min of each host (cluster)
 
 
-def configurations(backend: str, lanes: int) -> list[BenchConfig]:
+def configurations(backend: str, lanes: int, cluster: str | None = None) -> list[BenchConfig]:
+    configs = _local_configurations(backend, lanes)
+    if cluster:
+        fastest = configs[-1]
+        where = f"{lanes} local workers" if cluster == "local" else f"cluster {cluster}"
+        configs.append(
+            BenchConfig(f"{fastest.mode}, Dask: {where}", fastest.mode, lanes, cluster=cluster)
+        )
+    return configs
+
+
+def _local_configurations(backend: str, lanes: int) -> list[BenchConfig]:
     if backend == "container":
         configs = [
             BenchConfig("baseline: daemonless, 1 lane (public script)", "daemonless", 1),
@@ -95,11 +110,12 @@ def run_bench(
     store_path: str | Path,
     paths: Paths | None = None,
     progress: bool = True,
+    cluster: Any = None,
 ) -> list[BenchRow]:
     """Run every configuration once and return one row each, the baseline first."""
     rows: list[BenchRow] = []
     baseline: BenchRow | None = None
-    for config in configurations(backend, lanes):
+    for config in configurations(backend, lanes, cluster):
         replicates = config.lanes
         plan = Plan(
             versions=list(versions),
@@ -122,6 +138,7 @@ def run_bench(
             paths=paths,
             progress=progress,
             command=f"repro-lib bench ({config.name})",
+            cluster=config.cluster,
         )
         wall = time.monotonic() - started
         with Store(store_path) as store:
@@ -133,6 +150,10 @@ def run_bench(
             p: round(sum(r.phases.get(p, 0.0) for r in records) / len(records), 4)
             for p in PHASES
             if records and any(p in r.phases for r in records)
+        }
+        per_host = {
+            host: round(60.0 * sum(r.host == host for r in records) / wall, 2)
+            for host in sorted({r.host for r in records})
         }
         row = BenchRow(
             name=config.name,
@@ -148,6 +169,7 @@ def run_bench(
             ci_high=rate.ci_high,
             pvalue_vs_baseline=None,
             phases=phases,
+            per_host=per_host if config.cluster else {},
         )
         if baseline is None:
             baseline = row
@@ -178,6 +200,11 @@ def markdown(rows: list[BenchRow], *, header: str = "") -> str:
             f"| {r.name} | {r.trials} | {r.wall_s:.1f} | {r.per_minute:.1f} | {r.ratio:.2f} | "
             f"{r.failures}/{r.counted} | {_pct(r.rate)} ({_pct(r.ci_low)}–{_pct(r.ci_high)}) | {p} |"
         )
+    for r in rows:
+        if r.per_host:
+            lines += ["", f"Tries per minute per worker ({r.name}):", ""]
+            lines += [f"- {host}: {rate:.1f}" for host, rate in r.per_host.items()]
+            lines.append(f"- total: {r.per_minute:.1f}")
     phases = [p for p in PHASES if any(p in r.phases for r in rows)]
     if phases:
         lines += [

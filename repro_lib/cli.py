@@ -519,6 +519,12 @@ def _sweep_plan(kwargs: dict[str, Any], plan_file: str | None, axes: dict[str, A
     return validate_plan(given)
 
 
+def _needs_local_engine(cluster: str | None, backend: str) -> bool:
+    """Remote workers use their own engines; a local cluster on the engine backend
+    starts a private engine per worker from the local one."""
+    return cluster is None or (cluster == "local" and backend != "container")
+
+
 def _print_cells(outcome: Any, as_json: bool) -> None:
     rows = outcome.table()
     header = f"{'cell':<72} {'fail/tries':>10} {'rate':>7} {'95% interval':>17} {'to verdict':>10}  stopped"
@@ -605,6 +611,11 @@ def _print_cells(outcome: Any, as_json: bool) -> None:
     type=int,
     help="Identical copies of every cell (spreads one configuration over lanes).  [default: 1]",
 )
+@click.option(
+    "--cluster",
+    default=None,
+    help="Run cells on a Dask cluster of Docker hosts: a scheduler address (tcp://HOST:8786, tls://…) or `local` (a LocalCluster, one worker per lane). Needs repro-lib[cluster].",
+)
 @batch_options
 @handle_errors
 def sweep(
@@ -620,6 +631,7 @@ def sweep(
     plan_file,
     resume_id,
     replicates,
+    cluster,
     **kwargs: Any,
 ) -> None:
     """Run every cell of a grid of versions × cache versions × reset frequencies × caches × modes.
@@ -653,9 +665,15 @@ def sweep(
         }
         plan = _sweep_plan(kwargs, plan_file, axes)
         command = shlex.join(["repro-lib", *sys.argv[1:]])
-    client = _client(kwargs["engine_host"])
+    client = _client(kwargs["engine_host"]) if _needs_local_engine(cluster, plan.backend) else None
     outcome = run_sweep(
-        client, plan, sweep_id=resume_id, store_path=store_path, paths=paths, command=command
+        client,
+        plan,
+        sweep_id=resume_id,
+        store_path=store_path,
+        paths=paths,
+        command=command,
+        cluster=cluster,
     )
     _print_cells(outcome, kwargs["as_json"])
     sys.exit(EXIT_MISSING_LAYER if outcome.failures else 0)
@@ -781,9 +799,16 @@ def bisect(
     callback=_positive("lanes"),
     help="Lanes of the parallel configurations.",
 )
+@click.option(
+    "--cluster",
+    default=None,
+    help="Also measure a Dask cluster of Docker hosts: a scheduler address (tcp://HOST:8786, tls://…) or `local` (a LocalCluster of --lanes workers). Needs repro-lib[cluster].",
+)
 @batch_options
 @handle_errors
-def bench(image: str | None, tries: int, reset_freq: int, lanes: int, **kwargs: Any) -> None:
+def bench(
+    image: str | None, tries: int, reset_freq: int, lanes: int, cluster: str | None, **kwargs: Any
+) -> None:
     """Measure trials per minute of the public script's procedure vs the lab's modes and lanes.
 
     Prints, for each configuration measured in this one run, its ratio to the
@@ -801,6 +826,7 @@ def bench(image: str | None, tries: int, reset_freq: int, lanes: int, **kwargs: 
     store_path = kwargs["store_path"] or paths.raw / "bench.sqlite"
     rows = run_bench(
         client,
+        cluster=cluster,
         backend=backend,
         versions=versions,
         tries=tries,

@@ -163,6 +163,8 @@ class HostFacts:
     engine_version: str
     kernel: str
     engine_labels: tuple[str, ...] = field(default_factory=tuple)
+    host: str = ""
+    cpus: int | None = None
 
     @classmethod
     def of(cls, client: docker.DockerClient) -> HostFacts:
@@ -175,7 +177,18 @@ class HostFacts:
             engine_version=version,
             kernel=info.get("KernelVersion") or platform.release(),
             engine_labels=tuple(info.get("Labels") or ()),
+            host=host_name(),
+            cpus=info.get("NCPU"),
         )
+
+
+def host_name() -> str:
+    """How records name this Docker host: ``$REPRO_LIB_HOST``, else the machine's hostname.
+
+    Several stand-in hosts on one machine (tests, one engine per worker) need the
+    variable to tell their records apart.
+    """
+    return os.environ.get("REPRO_LIB_HOST") or socket.gethostname()
 
 
 # images ---------------------------------------------------------------------

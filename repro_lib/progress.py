@@ -82,11 +82,13 @@ class SweepProgress:
             for i in range(lanes)
         ]
         self.counts = [[0, 0, 0, ""] for _ in range(lanes)]  # done, total, failures, cell
+        self.hosts = [""] * lanes  # on a cluster: the host running the line's cell
         self.failures = 0
 
-    def lane(self, lane: int, cell: str, done: int, total: int) -> None:
+    def lane(self, lane: int, cell: str, done: int, total: int, *, host: str = "") -> None:
         with self._lock:
             self.counts[lane] = [done, total, 0, cell]
+            self.hosts[lane] = host
             self._show(lane)
 
     def record(self, lane: int, record: TrialRecord) -> None:
@@ -106,9 +108,8 @@ class SweepProgress:
 
     def _show(self, lane: int) -> None:
         done, total, failures, cell = self.counts[lane]
-        self.lanes[lane].set_description_str(
-            f"lane {lane}: {cell} {done}/{total} missing={failures}"
-        )
+        where = self.hosts[lane] or f"lane {lane}"
+        self.lanes[lane].set_description_str(f"{where}: {cell} {done}/{total} missing={failures}")
 
     def close(self) -> None:
         for bar in self.lanes:

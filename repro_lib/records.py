@@ -61,6 +61,11 @@ class TrialRecord:
     buildkit_version: str = ""  # for the engine backend: the BuildKit the engine vendors
     privileged: bool = False  # whether the BuildKit container ran --privileged
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the try
+    host: str = ""  # the Docker host that ran the try ($REPRO_LIB_HOST, else its hostname)
+    cpus: int | None = None  # CPUs of that host, as its engine reports them
+    attempt: int = (
+        1  # which attempt at the cell recorded it (a cluster reruns a dead worker's cell)
+    )
 
     def to_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)

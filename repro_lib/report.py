@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import plots
+from . import plots, stats
 from .results import derive, filter_results, load_results, raw_rows, version_key
 from .stats import (
     compare,
@@ -510,6 +510,26 @@ def _figures(df: pd.DataFrame, out: Path) -> list[str]:
     return lines
 
 
+def _host_notes(df: pd.DataFrame) -> list[str]:
+    """Cells run on several hosts: say whether the hosts agree before pooling them."""
+    checks = stats.group_agreement(df, by="host")
+    if not checks:
+        return []
+    split = [c for c in checks if c.disagree()]
+    notes = [
+        f"Hosts disagree in cell {c.cell} ({c.describe()}); its pooled rate mixes hosts "
+        "that behave differently."
+        for c in split
+    ]
+    agree = len(checks) - len(split)
+    if agree:
+        notes.append(
+            f"{agree} cell(s) ran on several hosts whose failure rates agree "
+            "(Fisher's exact test for two hosts, chi-square for more; p ≥ 0.05), so they are pooled."
+        )
+    return notes
+
+
 def _notes(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     notes = []
     counts = df["outcome"].value_counts()
@@ -535,6 +555,7 @@ def _notes(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
         notes.append(
             f"For {unknown} counted tries the backend could not tell whether the cache was used."
         )
+    notes += _host_notes(df)
     if len(cells) == 1:
         notes.append("Only one cell was run, so nothing is compared.")
     if not counted.empty and counted["reset_freq"].nunique() < 2:

@@ -521,6 +521,108 @@ def compare(a: pd.DataFrame | FailureRate | tuple[int, int], b: Any) -> Comparis
     return Comparison(k1, n1, k2, n2, float(res.statistic), float(res.pvalue))
 
 
+@dataclass(frozen=True)
+class GroupAgreement:
+    """Whether groups of tries within one cell (e.g. hosts) share one failure probability.
+
+    H0: every group has the same failure probability; H1: at least one differs.
+    Two groups use Fisher's exact test; more use Pearson's chi-square test of
+    the ``groups x {failed, clean}`` table (``scipy.stats.chi2_contingency``,
+    no continuity correction), whose approximation is poor when expected
+    counts are below about 5. A table without failures, or with one group,
+    has nothing to test: ``pvalue`` is 1.
+
+    Attributes
+    ----------
+    cell : str
+        The cell the groups belong to.
+    groups : dict
+        ``{group: (failures, counted tries)}``.
+    statistic : float
+        Fisher's odds ratio, or the chi-square statistic (NaN when untested).
+    pvalue : float
+    method : str
+        ``"fisher"``, ``"chi2"`` or ``"none"``.
+    """
+
+    cell: str
+    groups: dict[str, tuple[int, int]]
+    statistic: float
+    pvalue: float
+    method: str
+
+    def disagree(self, alpha: float = 0.05) -> bool:
+        return self.pvalue < alpha
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{g}: {k}/{n}" for g, (k, n) in self.groups.items())
+        if self.method == "none":
+            return f"{counts} (nothing to test)"
+        name = "Fisher exact" if self.method == "fisher" else "chi-square"
+        return f"{counts}; {name} p = {self.pvalue:.3g}"
+
+
+def group_agreement(
+    df: pd.DataFrame, by: str = "host", *, cell: str = "cell"
+) -> list[GroupAgreement]:
+    """Test, cell by cell, whether the groups ``by`` (hosts, by default) disagree.
+
+    Pool a cell's tries over hosts only when they agree: a host whose engine
+    or kernel changes the bug's rate would otherwise be averaged away.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Trials as from ``load_results``.
+    by : str, default "host"
+        The grouping column within a cell.
+    cell : str, default "cell"
+        The column naming cells.
+
+    Returns
+    -------
+    list of GroupAgreement
+        One per cell that has at least two groups with counted tries.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> rows = [("c", "a", True)] * 8 + [("c", "a", False)] * 2 + [("c", "b", True)] * 1
+    >>> rows += [("c", "b", False)] * 5
+    >>> df = pd.DataFrame(rows, columns=["cell", "host", "failed"]).assign(counted=True)
+    >>> round(group_agreement(df)[0].pvalue, 4)
+    0.035
+    """
+    if not {"counted", "failed"} <= set(df.columns):
+        df = derive(df)
+    if by not in df.columns or cell not in df.columns:
+        return []
+    out = []
+    counted = df[df["counted"]]
+    for key, group in counted.groupby(cell, sort=True):
+        groups = {
+            str(g): (int(part["failed"].sum()), len(part))
+            for g, part in group.groupby(by, sort=True)
+            if str(g) not in ("", "nan", "None")
+        }
+        if len(groups) < 2:
+            continue
+        table = [[k, n - k] for k, n in groups.values()]
+        if sum(k for k, _ in groups.values()) == 0 or all(n == k for k, n in groups.values()):
+            out.append(GroupAgreement(str(key), groups, math.nan, 1.0, "none"))
+        elif len(groups) == 2:
+            res = _sps.fisher_exact(table, alternative="two-sided")
+            out.append(
+                GroupAgreement(str(key), groups, float(res.statistic), float(res.pvalue), "fisher")
+            )
+        else:
+            res = _sps.chi2_contingency(table, correction=False)
+            out.append(
+                GroupAgreement(str(key), groups, float(res.statistic), float(res.pvalue), "chi2")
+            )
+    return out
+
+
 # tables -------------------------------------------------------------------
 RATE_COLUMNS = (
     "tries",

@@ -31,6 +31,8 @@ _SQL_TYPES = {
     "cache_steps": "INTEGER",
     "cache_pulled": "INTEGER",
     "privileged": "INTEGER",
+    "cpus": "INTEGER",
+    "attempt": "INTEGER",
 }
 
 _SCHEMA = f"""
@@ -179,6 +181,22 @@ class Store:
                 f"cannot record trial {record.trial} of {record.run_id} in {self.path}: {exc}",
                 hint="free space or make data/ writable; recorded trials are safe, resume to finish",
             ) from exc
+
+    def append_once(self, record: TrialRecord) -> bool:
+        """Commit one trial unless its ``(run_id, trial)`` is already recorded.
+
+        The one writer of a cluster sweep receives records over the network and,
+        after a worker died, possibly twice; the first copy stands. Returns
+        whether the record was new.
+
+        Raises:
+            InfraError: the store cannot be written.
+        """
+        try:
+            self.append(record)
+        except sqlite3.IntegrityError:
+            return False
+        return True
 
     def trials(self, run_id: str) -> list[TrialRecord]:
         rows = self._db.execute(

@@ -1,22 +1,18 @@
 """Sweeps: a grid of cells (version × cache version × reset frequency × cache × mode),
-scheduled over lanes, resumable, with early stopping; and bisection over versions.
+resumable, with early stopping.
 
-The sweep is a scheduler over cells, not a second trial loop: every cell is one
+The sweep plans cells and owns the store; an executor (:mod:`repro_lib.executors`:
+local lanes, or a Dask cluster of Docker hosts) runs them. Every cell is one
 :func:`repro_lib.batch.run_batch` with a deterministic run id
 (``<sweep id>-c<index>``), so resuming a sweep reruns exactly the trials its
-cells are missing. Lanes share the registries; each has its own BuildKit state
-(and, for the engine backend with more than one lane, its own private engine,
-because a reset prunes a whole engine's builder cache).
+cells are missing. Bisection over versions lives in :mod:`repro_lib.bisect`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import queue
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -27,9 +23,9 @@ import docker
 import tomllib
 
 from . import lab, stats
-from .batch import BatchOptions, BatchSummary, LabSession, run_batch
+from .batch import BatchOptions
 from .builders import backend_class, supports
-from .config import Paths, lab_id
+from .config import Paths
 from .errors import UsageError
 from .records import Outcome, TrialRecord, evidence
 from .scenario import load_scenario
@@ -270,15 +266,7 @@ def load_plan(path: str | Path, **overrides: Any) -> Plan:
     return validate_plan(raw)
 
 
-# scheduling ------------------------------------------------------------------
-
-
-def schedule(cells: list[Cell]) -> queue.Queue[Cell]:
-    """A shared work queue: each lane takes the next cell when it is free."""
-    work: queue.Queue[Cell] = queue.Queue()
-    for cell in cells:
-        work.put(cell)
-    return work
+# running ---------------------------------------------------------------------
 
 
 def new_sweep_id() -> str:
@@ -328,66 +316,8 @@ def stop_rule(plan: Plan) -> Callable[[list[TrialRecord]], stats.StopDecision] |
     return decide
 
 
-class _LaneEngines:
-    """For the engine backend with several lanes: one private engine per lane.
-
-    A reset prunes the builder cache of a whole engine, so lanes sharing one engine
-    would reset each other's state mid-cycle; private engines keep lanes independent.
-    """
-
-    def __init__(
-        self,
-        client: docker.DockerClient,
-        paths: Paths,
-        sweep_id: str,
-        lanes: int,
-        images: list[str],
-    ):
-        self.client, self.paths, self.sweep_id, self.lanes, self.images = (
-            client,
-            paths,
-            sweep_id,
-            lanes,
-            images,
-        )
-        self.names: list[str] = []
-        self.clients: list[docker.DockerClient] = []
-
-    def __enter__(self) -> _LaneEngines:
-        from . import dockerd as private
-
-        try:
-            blobs = {
-                image: b"".join(self.client.images.get(image).save(named=True))
-                for image in self.images
-            }
-            for lane in range(self.lanes):
-                name = f"{lab_id()}-{self.sweep_id}-l{lane}"
-                self.names.append(name)
-                started = private.start(self.paths, name, owned=True)
-                lane_client = lab.connect(started.host)
-                for data in blobs.values():
-                    lane_client.images.load(data)
-                self.clients.append(lane_client)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        from . import dockerd as private
-
-        for c in self.clients:
-            with contextlib.suppress(Exception):
-                c.close()
-        for name in self.names:
-            with contextlib.suppress(Exception):
-                private.stop(self.paths, name)
-                private.remove_data(self.paths, name)
-
-
 def run_sweep(
-    client: docker.DockerClient,
+    client: docker.DockerClient | None,
     plan: Plan,
     *,
     sweep_id: str | None = None,
@@ -396,12 +326,20 @@ def run_sweep(
     progress: bool = True,
     command: str = "",
     on_cell_done: Callable[[CellResult], None] | None = None,
+    cluster: Any = None,
 ) -> SweepOutcome:
     """Run (or resume) every cell of ``plan``; trials already recorded are never rerun.
+
+    Args:
+        client: the engine of local lanes (unused with ``cluster``; may be None then).
+        cluster: None for local lanes; ``"local"`` for a Dask ``LocalCluster`` of
+            one worker per lane; a scheduler address (``tcp://…``, ``tls://…``) or a
+            ``distributed.Client`` to run cells on a Dask cluster of Docker hosts.
 
     Raises:
         ReproError: a usage or environment problem that stops the whole sweep.
     """
+    from .executors import SweepJob
     from .progress import SweepProgress
 
     paths = paths or Paths.from_env()
@@ -409,107 +347,74 @@ def run_sweep(
     sweep_id = sweep_id or new_sweep_id()
     cells = plan.cells()
     scenario = load_scenario(plan.batch.get("scenario"), base_image=plan.batch.get("base_image"))
-    factory = backend_class(plan.backend)
     rule = stop_rule(plan)
-    lanes = min(plan.lanes, len(cells))
-    with Store(store_path) as store:
-        store.start_sweep(sweep_id, {**plan.as_dict(), "command": command})
-        store.set_sweep_status(sweep_id, "running")
-        done_before = {c.index: store.trials(c.run_id(sweep_id)) for c in cells}
-    for image in {c.image for c in cells} | {c.cache_image for c in cells if c.cache_image}:
-        if plan.backend == "container":
-            lab.ensure_image(client, image, offline=bool(plan.batch.get("offline")))
-    todo = [c for c in cells if _needs_work(c, done_before[c.index], plan, rule)]
-    bar = SweepProgress(
-        total=sum(plan.tries for _ in cells),
-        done=sum(_finished(c, done_before[c.index], plan, rule) for c in cells),
-        lanes=lanes,
-        label=sweep_id,
-        enabled=progress,
-    )
-    stop_event = threading.Event()
-    errors: list[BaseException] = []
-    status = "failed"
+    executor = make_executor(client, plan, cluster, paths=paths)
     try:
-        with contextlib.ExitStack() as stack:
-            session = stack.enter_context(
-                LabSession(
-                    client,
-                    sweep_id,
-                    paths=paths,
-                    offline=bool(plan.batch.get("offline")),
-                    registry_image=plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE),
-                    need_mirror=supports(factory, "mirror"),
-                    seed_images=scenario.base_images(),
-                )
-            )
-            if plan.backend != "container" and lanes > 1:
-                engines = stack.enter_context(
-                    _LaneEngines(client, paths, sweep_id, lanes, scenario.base_images())
-                )
-                lane_clients = list(engines.clients)
-            else:
-                # one SDK client per lane thread: a client's HTTP session is not shared
-                host = lab.engine_host_of(client)
-                lane_clients = [lab.connect(host) for _ in range(lanes)]
-                for c in lane_clients:
-                    stack.callback(c.close)
-            work = schedule(todo)
-
-            def lane_main(lane: int) -> None:
-                try:
-                    with Store(store_path) as store:
-                        while not stop_event.is_set():
-                            try:
-                                cell = work.get_nowait()
-                            except queue.Empty:
-                                return
-                            _run_cell(
-                                session,
-                                plan,
-                                store,
-                                cell,
-                                sweep_id,
-                                lane,
-                                lane_clients[lane],
-                                rule,
-                                done_before[cell.index],
-                                bar,
-                                stop_event,
-                                command,
-                            )
-                except BaseException as exc:  # surfaced by the main thread
-                    errors.append(exc)
-                    stop_event.set()
-
-            threads = [
-                threading.Thread(target=lane_main, args=(lane,), daemon=True)
-                for lane in range(lanes)
-            ]
-            for t in threads:
-                t.start()
-            try:
-                while any(t.is_alive() for t in threads):
-                    for t in threads:
-                        t.join(timeout=0.2)
-            except KeyboardInterrupt:
-                stop_event.set()
-                for t in threads:
-                    t.join()
-                status = "interrupted"
-                raise
-            if errors:
-                raise errors[0]
-            status = "done"
-    finally:
-        bar.close()
         with Store(store_path) as store:
-            store.set_sweep_status(sweep_id, status)
+            store.start_sweep(sweep_id, {**plan.as_dict(), "command": command})
+            store.set_sweep_status(sweep_id, "running")
+            executor.gather(sweep_id, store)
+            done_before = {c.index: store.trials(c.run_id(sweep_id)) for c in cells}
+        images = sorted({c.image for c in cells} | {c.cache_image for c in cells if c.cache_image})
+        job = SweepJob(
+            plan=plan,
+            sweep_id=sweep_id,
+            cells=[c for c in cells if _needs_work(c, done_before[c.index], plan, rule)],
+            prior=done_before,
+            rule=rule,
+            store_path=store_path,
+            paths=paths,
+            command=command,
+            images=(images if plan.backend == "container" else [])
+            + [plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE)]
+            + scenario.base_images(),
+        )
+        executor.prepare(job)
+        bar = SweepProgress(
+            total=sum(plan.tries for _ in cells),
+            done=sum(_finished(c, done_before[c.index], plan, rule) for c in cells),
+            lanes=executor.slots(job),
+            label=sweep_id,
+            enabled=progress,
+        )
+        status = "failed"
+        try:
+            executor.run(job, bar)
+            status = "done"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            bar.close()
+            with Store(store_path) as store:
+                store.set_sweep_status(sweep_id, status)
+    finally:
+        executor.close()
     outcome = summarize(store_path, sweep_id, plan)
     if on_cell_done:
         for c in outcome.cells:
             on_cell_done(c)
     return outcome
+
+
+def make_executor(
+    client: docker.DockerClient | None, plan: Plan, cluster: Any, *, paths: Paths
+) -> Any:
+    """Local lanes, or Dask when ``cluster`` names one.
+
+    Raises:
+        UsageError: no engine client for local lanes.
+        MissingRequirement: Dask is not installed (``pip install 'repro-lib[cluster]'``).
+    """
+    if cluster is None:
+        if client is None:
+            raise UsageError("local lanes need a Docker engine client")
+        from .executors.lanes import LocalLanes
+
+        return LocalLanes(client)
+    from .executors.cluster import DaskExecutor
+
+    return DaskExecutor.connect(cluster, lanes=plan.lanes, client=client, paths=paths)
 
 
 def _finished(cell: Cell, records: list[TrialRecord], plan: Plan, rule: Any) -> int:
@@ -520,57 +425,6 @@ def _needs_work(cell: Cell, records: list[TrialRecord], plan: Plan, rule: Any) -
     if len({r.trial for r in records}) >= plan.tries:
         return False
     return not (rule is not None and records and rule(records).stop)
-
-
-def _run_cell(
-    session: LabSession,
-    plan: Plan,
-    store: Store,
-    cell: Cell,
-    sweep_id: str,
-    lane: int,
-    client: docker.DockerClient,
-    rule: Any,
-    prior: list[TrialRecord],
-    bar: Any,
-    stop_event: threading.Event,
-    command: str,
-) -> BatchSummary:
-    run_id = cell.run_id(sweep_id)
-    decision: dict[str, str] = {}
-
-    def should_stop(records: list[TrialRecord]) -> bool:
-        if stop_event.is_set():
-            decision["reason"] = "interrupted"
-            return True
-        if rule is None:
-            return False
-        verdict = rule(prior + records)
-        if verdict.stop:
-            decision["reason"] = verdict.reason
-        return verdict.stop
-
-    bar.lane(lane, cell.key(), len(prior), plan.tries)
-    options = plan.batch_options(cell, command)
-    summary = run_batch(
-        session,
-        options,
-        store,
-        run_id=run_id,
-        lane=lane,
-        sweep_id=sweep_id,
-        cell=cell.key(),
-        should_stop=should_stop,
-        client=client,
-        on_record=lambda r: bar.record(lane, r),
-    )
-    if decision.get("reason") and decision["reason"] != "interrupted":
-        store.finish_run(run_id, "done", {**summary.as_dict(), "stopped": decision["reason"]})
-        skipped = plan.tries - len(store.trial_numbers(run_id))
-        bar.skip(skipped)
-    if stop_event.is_set():
-        raise KeyboardInterrupt("sweep stopped")
-    return summary
 
 
 def summarize(store_path: str | Path, sweep_id: str, plan: Plan) -> SweepOutcome:

@@ -59,6 +59,7 @@ class TrialContext:
     lane: int = 0
     sweep_id: str | None = None
     cell: str | None = None
+    attempt: int = 1
 
 
 def classify(
@@ -239,6 +240,9 @@ def _record(
         log_path=log_path,
         buildkit_version=backend.buildkit_version,
         privileged=bool(backend.privileged),
+        host=ctx.facts.host,
+        cpus=ctx.facts.cpus,
+        attempt=ctx.attempt,
     )
 
 
