@@ -336,6 +336,7 @@ def _environment(df: pd.DataFrame, runs: list[dict[str, Any]]) -> str:
         }
     )
     rows = [
+        ["Docker hosts", _hosts(df)],
         ["Docker Engine", _join(_uniq(df["engine_version"]))],
         ["Kernel", _join(_uniq(df["kernel"]))],
         ["BuildKit (imports the cache)", buildkit or "not recorded"],
@@ -360,6 +361,21 @@ def _environment(df: pd.DataFrame, runs: list[dict[str, Any]]) -> str:
     if sweeps:
         rows.append(["Sweeps", _join(sweeps)])
     return _table(["", ""], rows)
+
+
+def _hosts(df: pd.DataFrame) -> str:
+    """Each host with its CPU count and how many trials it ran (a cluster sweep has several)."""
+    if "host" not in df.columns:
+        return "not recorded"
+    known = df[df["host"].fillna("").astype(str) != ""]
+    if known.empty:
+        return "not recorded"
+    parts = []
+    for host, group in known.groupby("host", sort=True):
+        cpus = group["cpus"].dropna() if "cpus" in group else pd.Series(dtype=float)
+        where = f"{host} ({int(cpus.iloc[0])} CPUs)" if len(cpus) else str(host)
+        parts.append(f"{where}: {len(group)} trials")
+    return "; ".join(parts)
 
 
 def _no_usable(df: pd.DataFrame) -> list[str]:

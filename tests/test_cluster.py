@@ -1,0 +1,387 @@
+"""Sweeps on a Dask cluster: a real scheduler and two real workers on 127.0.0.1,
+each worker on its own private Docker engine standing in for a host."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from repro_lib import dockerd, lab
+from repro_lib.config import Paths, lab_id
+from repro_lib.fixtures import BASE_FIXTURE, REGISTRY_FIXTURE
+
+from .conftest import BUILDKIT_AFFECTED, CONTAINER_ARGS, ENGINE_ARGS, has_image, run_cli
+
+pytest.importorskip("distributed", reason="needs repro-lib[cluster] (Dask distributed)")
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+DASK = str(Path(sys.executable).parent / "dask")
+HOSTS = ("host-a", "host-b")
+
+
+@dataclass
+class Host:
+    name: str
+    engine: dockerd.PrivateEngine
+    home: Path
+    worker: subprocess.Popen | None = None
+
+    def client(self):
+        return lab.connect(self.engine.host)
+
+
+@dataclass
+class Cluster:
+    address: str
+    hosts: dict[str, Host]
+    scheduler: subprocess.Popen
+    logs: Path
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def start_worker(self, host: Host, *, extra_env: dict[str, str] | None = None) -> None:
+        env = dict(
+            os.environ,
+            DOCKER_HOST=host.engine.host,
+            REPRO_LIB_HOST=host.name,
+            REPRO_LIB_HOME=str(host.home),
+            REPRO_LIB_BACKEND_MODULES="tests.controlled_backend",
+            PYTHONPATH=REPO_ROOT,
+            **(extra_env or {}),
+        )
+        log = (self.logs / f"worker-{host.name}.log").open("ab")
+        host.worker = subprocess.Popen(
+            [DASK, "worker", self.address, "--nthreads", "1", "--resources", "lanes=1"]
+            + ["--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--name", host.name],
+            env=env,
+            cwd=host.home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(host.worker)
+
+    def wait_for_workers(self, n: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as client:
+            client.wait_for_workers(n, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def host_engines(docker_client, fixture_images, docker_cli, tmp_path_factory):
+    """Two private engines, each loaded with the fixture images, standing in for two hosts."""
+    root = tmp_path_factory.mktemp("hosts")
+    paths = Paths(root)
+    blobs = [
+        b"".join(docker_client.images.get(image).save(named=True))
+        for image in (BASE_FIXTURE, REGISTRY_FIXTURE)
+    ]
+    hosts: dict[str, Host] = {}
+    try:
+        for name in HOSTS:
+            engine = dockerd.start(paths, f"{lab_id()}-{name}")
+            with contextlib.closing(lab.connect(engine.host)) as client:
+                for blob in blobs:
+                    client.images.load(blob)
+            home = root / name
+            home.mkdir()
+            hosts[name] = Host(name, engine, home)
+        yield hosts, paths
+    finally:
+        for host in hosts.values():
+            with contextlib.suppress(Exception), contextlib.closing(host.client()) as client:
+                lab.sweep(client, include_live=True)
+            dockerd.stop(paths, host.engine.name)
+            dockerd.remove_data(paths, host.engine.name)
+
+
+@pytest.fixture
+def cluster(host_engines, tmp_path):
+    hosts, _ = host_engines
+    port = lab.free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    log = (tmp_path / "scheduler.log").open("ab")
+    scheduler = subprocess.Popen(
+        [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    c = Cluster(address, hosts, scheduler, tmp_path, [scheduler])
+    try:
+        lab.wait_until(
+            lambda: not lab.port_is_free(port), timeout=30, interval=0.2, what="dask scheduler"
+        )
+        yield c
+    finally:
+        for proc in reversed(c.procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for host in hosts.values():
+            host.worker = None
+
+
+def _rows(store: Path) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        return db.execute(
+            "SELECT run_id, trial, host, attempt, outcome, started_at FROM trials"
+            " ORDER BY run_id, trial"
+        ).fetchall()
+
+
+def _controlled_engine_args() -> list[str]:
+    return [a if a != "engine" else "engine-dropping" for a in ENGINE_ARGS]
+
+
+CONTROLLED_ENV = {
+    "REPRO_LIB_BACKEND_MODULES": "tests.controlled_backend",
+    "PYTHONPATH": REPO_ROOT,
+}
+
+
+def test_engine_sweep_runs_on_both_hosts_and_records_every_trial_once(cluster, tmp_path):
+    for host in cluster.hosts.values():
+        cluster.start_worker(host, extra_env={"REPRO_LIB_DROP_TRIALS": "2"})
+    cluster.wait_for_workers(2)
+    store = tmp_path / "client.sqlite"
+    proc = run_cli(
+        "sweep",
+        *_controlled_engine_args(),
+        "--reset-freq",
+        "1,2,3,4",
+        "--tries",
+        "3",
+        "--cluster",
+        cluster.address,
+        "--store",
+        str(store),
+        "--json",
+        home=tmp_path,
+        env={**CONTROLLED_ENV, "DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+    )
+    # exit 1: every cell's trial 2 lost repro.txt (the controlled backend drops it)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    cells = json.loads(proc.stdout.splitlines()[-1])["cells"]
+    rows = _rows(store)
+    assert len(rows) == 12
+    assert len({(r[0], r[1]) for r in rows}) == 12
+    assert {r[2] for r in rows} == set(HOSTS)  # both hosts ran cells
+    assert {r[3] for r in rows} == {1}
+    # the per-cell numbers are what `repro-lib report` computes from the store
+    out = tmp_path / "report"
+    report = run_cli("report", "--store", str(store), "--out", str(out), home=tmp_path)
+    assert report.returncode == 0, report.stderr
+    text = (out / "report.md").read_text()
+    for c in cells:
+        assert c["failures"] == 1 and c["tries"] == 3
+        line = next(ln for ln in text.splitlines() if f"`{c['cell']}`" in ln)
+        assert re.search(r"\|\s*3\s*\|\s*1\s*\|", line), line
+    hosts_line = next(ln for ln in text.splitlines() if ln.startswith("| Docker hosts"))
+    assert "host-a (" in hosts_line and "host-b (" in hosts_line
+    for host in cluster.hosts.values():
+        with contextlib.closing(host.client()) as client:
+            assert lab.leftovers(client) == {"containers": [], "volumes": []}
+        assert list((host.home / "data/raw").glob("worker-*.sqlite"))  # each kept its own copy
+
+
+def test_killed_worker_loses_and_duplicates_nothing(cluster, tmp_path):
+    for host in cluster.hosts.values():
+        cluster.start_worker(host)
+    cluster.wait_for_workers(2)
+    store = tmp_path / "client.sqlite"
+    env = dict(os.environ, REPRO_LIB_HOME=str(tmp_path), **CONTROLLED_ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repro_lib", "sweep", *_controlled_engine_args()]
+        + ["--reset-freq", "1,2,3,4", "--tries", "8", "--cluster", cluster.address]
+        + ["--store", str(store), "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim = cluster.hosts["host-a"]
+    deadline = time.monotonic() + 240
+    while True:
+        rows = _rows(store) if store.exists() else []
+        if any(r[2] == victim.name for r in rows):
+            break
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "host-a recorded nothing"
+        time.sleep(0.05)
+    os.killpg(victim.worker.pid, signal.SIGKILL)
+    victim.worker.wait()
+    before = _rows(store)
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    after = _rows(store)
+    assert len(after) == 32 and len({(r[0], r[1]) for r in after}) == 32
+    assert set(before) <= set(after)  # what was recorded before the kill stands unchanged
+    assert len(before) < 32
+    survivors = [r for r in after if r not in before]
+    assert survivors and {r[2] for r in survivors} == {"host-b"}  # the sweep finished on host-b
+    assert max(r[3] for r in after) == 2  # host-a's cell was rerun as attempt 2
+    # host-a's worker died with its registries running; clean removes them
+    clean = run_cli("clean", home=victim.home, env={"DOCKER_HOST": victim.engine.host})
+    assert clean.returncode == 0, clean.stderr
+    for host in cluster.hosts.values():
+        with contextlib.closing(host.client()) as client:
+            assert lab.leftovers(client) == {"containers": [], "volumes": []}
+
+
+def test_unreachable_scheduler_is_one_line_and_exit_2(tmp_path):
+    address = f"tcp://127.0.0.1:{lab.free_port()}"
+    proc = run_cli(
+        "sweep", *ENGINE_ARGS, "--tries", "1", "--cluster", address, home=tmp_path, timeout=120
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach the Dask scheduler" in lines[0], proc.stderr
+
+
+def test_worker_lacking_an_image_offline_names_host_and_image(cluster, tmp_path):
+    present_on_b = "repro-lib-test/only-on-b:1"
+    with contextlib.closing(cluster.hosts["host-b"].client()) as client:
+        client.images.get(BASE_FIXTURE).tag(present_on_b)
+    try:
+        for host in cluster.hosts.values():
+            cluster.start_worker(host)
+        cluster.wait_for_workers(2)
+        proc = run_cli(
+            "sweep",
+            *[a if a != BASE_FIXTURE else present_on_b for a in ENGINE_ARGS],
+            "--tries",
+            "1",
+            "--cluster",
+            cluster.address,
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            home=tmp_path,
+        )
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert "host-a" in lines[0] and present_on_b in lines[0], lines[0]
+        assert not _rows(tmp_path / "s.sqlite")  # nothing scheduled
+    finally:
+        with contextlib.closing(cluster.hosts["host-b"].client()) as client:
+            client.images.remove(present_on_b)
+
+
+def test_resume_gathers_what_workers_kept_after_the_client_died(cluster, tmp_path):
+    for host in cluster.hosts.values():
+        cluster.start_worker(host)
+    cluster.wait_for_workers(2)
+    store = tmp_path / "client.sqlite"
+    env = dict(os.environ, REPRO_LIB_HOME=str(tmp_path), **CONTROLLED_ENV)
+    args = _controlled_engine_args() + ["--reset-freq", "1,2", "--tries", "6"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "repro_lib", "sweep", *args, "--cluster", cluster.address]
+        + ["--store", str(store)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not (store.exists() and len(_rows(store)) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        (sweep_id,) = db.execute("SELECT sweep_id FROM sweeps").fetchone()
+    time.sleep(5)  # cells already running finish into the workers' own stores
+    kept = {
+        (r[0], r[1]): r
+        for h in cluster.hosts.values()
+        for p in (h.home / "data/raw").glob("worker-*.sqlite")
+        for r in _rows(p)
+    }
+    assert set(kept) - {(r[0], r[1]) for r in _rows(store)}  # the client missed some
+    resumed = run_cli(
+        "sweep",
+        "--resume",
+        sweep_id,
+        "--cluster",
+        cluster.address,
+        "--store",
+        str(store),
+        "--json",
+        home=tmp_path,
+        env=CONTROLLED_ENV,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = _rows(store)
+    assert len(rows) == 12 and len({(r[0], r[1]) for r in rows}) == 12
+    by_key = {(r[0], r[1]): r for r in rows}
+    # what only the workers had was gathered, not run again
+    assert all(by_key[key] == row for key, row in kept.items() if row[3] == 1)
+
+
+def test_container_backend_sweep_on_two_hosts(cluster, docker_client, tmp_path):
+    if not has_image(docker_client, BUILDKIT_AFFECTED):
+        pytest.skip(f"needs the BuildKit image {BUILDKIT_AFFECTED} locally (cannot be pulled here)")
+    blob = b"".join(docker_client.images.get(BUILDKIT_AFFECTED).save(named=True))
+    for host in cluster.hosts.values():
+        with contextlib.closing(host.client()) as client:
+            client.images.load(blob)
+        cluster.start_worker(host)
+    cluster.wait_for_workers(2)
+    store = tmp_path / "client.sqlite"
+    proc = run_cli(
+        "sweep",
+        *CONTAINER_ARGS,
+        "--versions",
+        BUILDKIT_AFFECTED,
+        "--reset-freq",
+        "1,4",
+        "--tries",
+        "4",
+        "--cluster",
+        cluster.address,
+        "--store",
+        str(store),
+        home=tmp_path,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    rows = _rows(store)
+    assert len(rows) == 8 and {r[2] for r in rows} == set(HOSTS)
+
+
+def test_local_cluster_engine_sweep(docker_client, fixture_images, docker_cli, lab_home):
+    proc = run_cli(
+        "sweep",
+        *ENGINE_ARGS,
+        "--reset-freq",
+        "1,2",
+        "--tries",
+        "2",
+        "--lanes",
+        "2",
+        "--cluster",
+        "local",
+        "--json",
+        home=lab_home,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(lab_home / "data/raw/trials.sqlite")
+    assert len(rows) == 4 and len({r[2] for r in rows}) == 2  # two local workers
+    assert not list((lab_home / "data/engines").glob("*/engine.json"))  # their engines stopped
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
