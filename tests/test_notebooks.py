@@ -143,8 +143,9 @@ def test_reproduce_notebook_runs_a_real_engine_batch(
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("cluster", [None, "local"], ids=["lanes", "dask-local"])
 def test_sweep_notebook_runs_a_real_engine_sweep(
-    kernel, docker_client, fixture_images, docker_cli, tmp_path
+    kernel, docker_client, fixture_images, docker_cli, tmp_path, cluster
 ):
     home = tmp_path / "home"
     home.mkdir()
@@ -155,7 +156,8 @@ def test_sweep_notebook_runs_a_real_engine_sweep(
             VERSIONS=["engine"],
             RESET_FREQ=[1, 2],
             TRIES=3,
-            LANES=1,
+            LANES=1 if cluster is None else 2,
+            CLUSTER=cluster,
             UNTIL_CONFIDENT=False,
             ALLOW_PRUNE=True,
             OFFLINE=True,
@@ -169,6 +171,9 @@ def test_sweep_notebook_runs_a_real_engine_sweep(
     assert df["sweep_id"].nunique() == 1 and df["sweep_id"].iloc[0] in text_of(nb)
     assert sorted(df["reset_freq"].unique().tolist()) == [1, 2]
     assert len(outputs(nb, "image/png")) >= 2
+    if cluster:
+        assert "Dask dashboard: http://127.0.0.1:" in text_of(nb)
+        assert df["host"].nunique() == 2  # one local worker per lane
 
 
 @pytest.mark.docker

@@ -218,3 +218,27 @@ def test_cross_version_cache_is_named(tmp_path):
     assert "**v0.7.0 importing a cache exported by v0.9.0**: affected" in text
     assert "`version=v0.7.0<-v0.9.0`" not in text  # the cell key is whole, in one code span
     assert "/version=v0.7.0<-v0.9.0/" in text
+
+
+def test_report_flags_a_cell_whose_hosts_disagree(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        store.start_run("r", {"tries": 40}, sweep_id="s")
+        for trial in range(1, 41):
+            host = "host-a" if trial <= 20 else "host-b"
+            failed = trial <= 12 or trial == 25  # host-a 12/20, host-b 1/20
+            store.append(
+                make_record(
+                    trial,
+                    "missing_layer" if failed else "ok",
+                    run_id="r",
+                    sweep_id="s",
+                    cell="backend=container/version=v0.9.0",
+                    host=host,
+                    cpus=2,
+                )
+            )
+    out = write_report(tmp_path / "s.sqlite", tmp_path / "report")
+    text = out.read_text()
+    assert "host-a (2 CPUs): 20 trials; host-b (2 CPUs): 20 trials" in text
+    assert "Hosts disagree in cell backend=container/version=v0.9.0" in text
+    assert "Fisher exact p" in text

@@ -16,6 +16,7 @@ from repro_lib.stats import (
     StopDecision,
     compare,
     failure_rate,
+    group_agreement,
     logistic_fit,
     rate_by_position,
     rates_by,
@@ -292,3 +293,50 @@ def test_logistic_fit_ignores_versions_that_never_failed():
     assert fit.formula == "failed ~ log2_reset_freq"
     assert fit.nobs == 160
     assert fit.params["log2_reset_freq"] < 0
+
+
+def _host_frame(counts: dict[str, tuple[int, int]], cell: str = "c") -> pd.DataFrame:
+    rows = []
+    for host, (k, n) in counts.items():
+        rows += [(cell, host, i < k) for i in range(n)]
+    return pd.DataFrame(rows, columns=["cell", "host", "failed"]).assign(counted=True)
+
+
+def test_group_agreement_two_hosts_is_fishers_test():
+    (check,) = group_agreement(_host_frame({"a": (8, 10), "b": (1, 6)}))
+    assert check.method == "fisher"
+    expected = sps.fisher_exact([[8, 2], [1, 5]]).pvalue
+    assert check.pvalue == pytest.approx(expected) and check.disagree()
+    assert "a: 8/10" in check.describe()
+
+
+def test_group_agreement_three_hosts_is_pearsons_chi_square():
+    counts = {"a": (10, 50), "b": (12, 50), "c": (30, 50)}
+    (check,) = group_agreement(_host_frame(counts))
+    table = [[k, n - k] for k, n in counts.values()]
+    chi2, p, _, _ = sps.chi2_contingency(table, correction=False)
+    assert check.method == "chi2"
+    assert check.statistic == pytest.approx(chi2) and check.pvalue == pytest.approx(p)
+    assert check.disagree()
+
+
+def test_group_agreement_skips_single_host_cells_and_has_nothing_to_test_without_failures():
+    df = pd.concat(
+        [_host_frame({"a": (3, 10)}, cell="one"), _host_frame({"a": (0, 5), "b": (0, 7)}, "two")]
+    )
+    (check,) = group_agreement(df)
+    assert check.cell == "two" and check.method == "none" and check.pvalue == 1.0
+    assert not check.disagree()
+
+
+def test_group_agreement_false_alarm_rate_on_hosts_that_agree():
+    # Two hosts with one true rate: "disagree" at alpha 0.05 must be rare. Fisher's
+    # test is conservative, so over 400 simulated cells the rate stays below 0.05
+    # plus three binomial standard errors (0.033).
+    rng = np.random.default_rng(7)
+    alarms = 0
+    for _ in range(400):
+        a, b = rng.binomial(60, 0.15), rng.binomial(60, 0.15)
+        (check,) = group_agreement(_host_frame({"a": (a, 60), "b": (b, 60)}))
+        alarms += check.disagree()
+    assert alarms / 400 < 0.05 + 3 * math.sqrt(0.05 * 0.95 / 400)

@@ -90,36 +90,16 @@ class DaskExecutor:
             MissingRequirement: Dask is not installed.
         """
         distributed = _distributed()
-        if isinstance(cluster, distributed.Client):
-            return cls(cluster, owns_client=False, docker_client=client, paths=paths)
-        if cluster == "local":
-            local = distributed.LocalCluster(
-                n_workers=lanes,
-                threads_per_worker=1,
-                processes=True,
-                resources={LANES: 1},
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-                silence_logs=logging.ERROR,
-            )
-            return cls(
-                distributed.Client(local),
-                owns_client=True,
-                local_cluster=local,
-                docker_client=client,
-                paths=paths,
-            )
-        address = str(cluster)
-        if "://" not in address:
-            address = f"tcp://{address}"
-        try:
-            dask_client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            raise InfraError(
-                f"cannot reach the Dask scheduler at {address}: {str(exc).splitlines()[0]}",
-                hint="start it with `dask scheduler`, or check --cluster (tls:// needs Dask's TLS settings)",
-            ) from None
-        return cls(dask_client, owns_client=True, docker_client=client, paths=paths)
+        owns = not isinstance(cluster, distributed.Client)
+        dask_client = open_cluster(cluster, lanes=lanes) if owns else cluster
+        local = (
+            dask_client.cluster
+            if isinstance(getattr(dask_client, "cluster", None), distributed.LocalCluster)
+            else None
+        )
+        return cls(
+            dask_client, owns_client=owns, local_cluster=local, docker_client=client, paths=paths
+        )
 
     @property
     def dashboard_link(self) -> str | None:
@@ -268,11 +248,46 @@ class DaskExecutor:
     def close(self) -> None:
         self._stack.close()
         if self.owns_client:
+            cluster = getattr(self.dask, "cluster", None)
             with contextlib.suppress(Exception):
                 self.dask.close()
-            if self.local_cluster is not None:
+            if cluster is not None:
                 with contextlib.suppress(Exception):
-                    self.local_cluster.close()
+                    cluster.close()
+
+
+def open_cluster(cluster: str, *, lanes: int = 2) -> Any:
+    """A ``distributed.Client``: ``"local"`` starts a LocalCluster of ``lanes`` worker
+    processes on 127.0.0.1 (one lane each); anything else is a scheduler address.
+
+    Notebooks call this to show ``client.dashboard_link`` and pass the client on.
+
+    Raises:
+        InfraError: the scheduler cannot be reached.
+        MissingRequirement: Dask is not installed.
+    """
+    distributed = _distributed()
+    if cluster == "local":
+        local = distributed.LocalCluster(
+            n_workers=lanes,
+            threads_per_worker=1,
+            processes=True,
+            resources={LANES: 1},
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,
+        )
+        return distributed.Client(local)
+    address = str(cluster)
+    if "://" not in address:
+        address = f"tcp://{address}"
+    try:
+        return distributed.Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        raise InfraError(
+            f"cannot reach the Dask scheduler at {address}: {str(exc).splitlines()[0]}",
+            hint="start it with `dask scheduler`, or check --cluster (tls:// needs Dask's TLS settings)",
+        ) from None
 
 
 def _task_error(future: Any, cell: str) -> BaseException:
