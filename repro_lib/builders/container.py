@@ -27,6 +27,7 @@ from . import (
     BatchEnv,
     BuildOutput,
     cache_import_error,
+    count_cache_hits,
     log_tail,
     register,
     step_times,
@@ -222,6 +223,8 @@ class ContainerBackend:
         assert env is not None
         args = [
             "build",
+            "--progress",
+            "plain",  # the step log that cache hits are counted from
             "--frontend",
             "dockerfile.v0",
             "--local",
@@ -344,7 +347,7 @@ class ContainerBackend:
                 self._export_container = container
                 container = None  # kept until the cache is copied out
             phases.update(step_times(log))
-            return BuildOutput(tarball, log, time.monotonic() - started, phases=phases)
+            return _output(tarball, log, time.monotonic() - started, phases)
         except docker.errors.ImageNotFound as exc:
             raise InfraError(f"image {image} vanished: {lab.describe_docker_error(exc)}") from exc
         except docker.errors.DockerException as exc:
@@ -478,7 +481,16 @@ class ContainerBackend:
         tarball.write_bytes(stdout or b"")
         phases["copy_out"] = time.monotonic() - t0
         phases.update(step_times(log))
-        return BuildOutput(tarball, log, time.monotonic() - started, phases=phases)
+        return _output(tarball, log, time.monotonic() - started, phases)
+
+
+def _output(
+    tarball: Path | None, log: str, seconds: float, phases: dict[str, float]
+) -> BuildOutput:
+    hits, steps = count_cache_hits(log)
+    if not steps:  # no step lines (an unexpected log format): cannot tell, rather than "no hits"
+        return BuildOutput(tarball, log, seconds, phases=phases)
+    return BuildOutput(tarball, log, seconds, phases=phases, cache_hits=hits, cache_steps=steps)
 
 
 def _reason(log: str) -> str:
