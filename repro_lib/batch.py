@@ -12,14 +12,15 @@ import json
 import os
 import shutil
 import socket
+import tarfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import docker
 
-from . import lab
+from . import forensics, lab
 from .builders import BatchEnv, backend_class, supports
 from .config import Paths
 from .errors import InfraError, UsageError
@@ -332,10 +333,15 @@ def run_batch(
     stopped = ""
     try:
         backend.prepare(env, lane=lane)
+        reference = None
         if not options.skip_create_cache and wanted:
             if on_phase:
                 on_phase("exporting cache")
-            _export_and_check(backend, scenario)
+            reference = _export_and_check(backend, scenario)
+        if wanted:
+            facts = _cache_facts(backend, run_id, work_dir, reference)
+            store.record_batch(facts)
+            ctx = replace(ctx, reference=reference, cache=facts)
         if options.skip_tests:
             wanted = []
         if on_phase:
@@ -386,14 +392,38 @@ def run_batch(
     return summary
 
 
-def _export_and_check(backend: Any, scenario: Scenario) -> None:
-    """Export the cache; a fresh build lacking an expected path means a wrong scenario."""
+def _cache_facts(
+    backend: Any, run_id: str, work_dir: Path, reference: forensics.Reference | None
+) -> forensics.CacheFacts:
+    """What the exported cache holds, read once per batch (never raises: see forensics)."""
+    location = getattr(backend, "cache_location", "")
+    facts = forensics.read_cache(
+        run_id=run_id,
+        cache_type=backend.cache_type,
+        exporter=backend.cache_image,
+        location=str(location),
+        run_dir=work_dir,
+    )
+    facts.reference = reference.as_dict() if reference is not None else None
+    return facts
+
+
+def _export_and_check(backend: Any, scenario: Scenario) -> forensics.Reference | None:
+    """Export the cache; a fresh build lacking an expected path means a wrong scenario.
+
+    Returns what a complete output looks like (the export build's layers or
+    file tree), the reference that failed tries are compared with.
+    """
     from .trials import classify
 
     output = backend.export_cache()
     if output.tarball is None:
-        return
+        return None
     outcome, missing, detail, _ = classify(output, scenario.expected)
+    reference = None
+    if outcome is Outcome.OK:
+        with contextlib.suppress(OSError, KeyError, ValueError, tarfile.TarError):
+            reference = forensics.reference_of(output.tarball)
     output.tarball.unlink(missing_ok=True)
     if outcome is Outcome.MISSING_LAYER:
         raise UsageError(
@@ -402,6 +432,7 @@ def _export_and_check(backend: Any, scenario: Scenario) -> None:
         )
     if outcome is not Outcome.OK:
         raise InfraError(f"the cache-export build gave no usable output: {detail}")
+    return reference
 
 
 def reproduce(

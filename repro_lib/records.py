@@ -63,9 +63,12 @@ class TrialRecord:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the try
     host: str = ""  # the Docker host that ran the try ($REPRO_LIB_HOST, else its hostname)
     cpus: int | None = None  # CPUs of that host, as its engine reports them
-    attempt: int = (
-        1  # which attempt at the cell recorded it (a cluster reruns a dead worker's cell)
-    )
+    # which attempt at the cell recorded it (a cluster reruns a dead worker's cell)
+    attempt: int = 1
+    lost_steps: list[str] = field(default_factory=list)  # Dockerfile steps whose result is absent
+    lost_digests: list[str] = field(default_factory=list)  # lost layer digests (OCI output)
+    lost_reference: str = ""  # what the loss was judged against
+    evidence_path: str = ""  # the failure's evidence bundle, relative to the run directory
 
     def to_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
@@ -73,6 +76,8 @@ class TrialRecord:
         row["missing"] = json.dumps(self.missing)
         row["layer_digests"] = json.dumps(self.layer_digests)
         row["phases"] = json.dumps(self.phases)
+        for name in _LIST_FIELDS:
+            row[name] = json.dumps(getattr(self, name))
         return row
 
     @classmethod
@@ -83,8 +88,18 @@ class TrialRecord:
         values["missing"] = json.loads(values.get("missing") or "[]")
         values["layer_digests"] = json.loads(values.get("layer_digests") or "[]")
         values["phases"] = json.loads(values.get("phases") or "{}")
+        for name in _LIST_FIELDS:
+            if name in values:
+                values[name] = json.loads(values[name] or "[]")
+        for name in ("lost_reference", "evidence_path", "host"):
+            if name in values and values[name] is None:
+                values[name] = ""
+        if values.get("attempt") is None:
+            values.pop("attempt", None)
         return cls(**values)
 
+
+_LIST_FIELDS = ("lost_steps", "lost_digests")
 
 TRIAL_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrialRecord))
 

@@ -57,6 +57,22 @@ CREATE TABLE IF NOT EXISTS sweeps (
     status TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS trials_by_sweep ON trials(sweep_id, cell);
+CREATE TABLE IF NOT EXISTS batches (
+    run_id TEXT PRIMARY KEY,
+    recorded_at TEXT NOT NULL,
+    cache_type TEXT,
+    exporter TEXT,
+    location TEXT,
+    status TEXT NOT NULL,
+    detail TEXT,
+    manifest_digest TEXT,
+    media_type TEXT,
+    layer_count INTEGER,
+    empty_layers INTEGER,
+    layers TEXT,
+    manifest_path TEXT,
+    reference TEXT
+);
 """
 
 
@@ -159,6 +175,33 @@ class Store:
         out = dict(row)
         out["plan"] = json.loads(out["plan"])
         return out
+
+    # batches: the exported cache of each run ----------------------------
+    def record_batch(self, facts: Any) -> None:
+        """Keep one run's cache facts (a :class:`~repro_lib.forensics.CacheFacts`); the
+        first record of a run stands, so a resumed run keeps what its export held."""
+        row = facts.to_row()
+        row["recorded_at"] = utcnow()
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        try:
+            self._db.execute(
+                f"INSERT OR IGNORE INTO batches ({columns}) VALUES ({marks})", tuple(row.values())
+            )
+        except sqlite3.Error as exc:
+            raise InfraError(
+                f"cannot record the cache facts of {facts.run_id} in {self.path}: {exc}",
+                hint="free space or make data/ writable",
+            ) from exc
+
+    def batch(self, run_id: str) -> Any:
+        from .forensics import CacheFacts
+
+        row = self._db.execute("SELECT * FROM batches WHERE run_id = ?", (run_id,)).fetchone()
+        return CacheFacts.from_row(dict(row)) if row else None
+
+    def batches_frame(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM batches ORDER BY recorded_at", self._db)
 
     # trials -------------------------------------------------------------
     def append(self, record: TrialRecord) -> None:

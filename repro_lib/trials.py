@@ -6,7 +6,6 @@ record is appended to the store the moment its try ends.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from .builders import Backend, BatchEnv, BuildOutput
 from .errors import BuildFailed, InfraError, UsageError, VerifyError
+from .forensics import CacheFacts, Loss, Reference, what_was_lost, write_bundle
 from .lab import HostFacts
 from .records import Outcome, TrialRecord
 from .store import Store, utcnow
@@ -60,6 +60,9 @@ class TrialContext:
     sweep_id: str | None = None
     cell: str | None = None
     attempt: int = 1
+    reference: Reference | None = None  # what a complete output looks like (the export build)
+    cache: CacheFacts | None = None  # what the imported cache held
+    debug_failures: bool = False
 
 
 def classify(
@@ -137,6 +140,31 @@ def run_trials(
             outcome, detail = Outcome.BUILD_ERROR, f"{exc}\n{exc.log_tail}".strip()
         except InfraError as exc:
             outcome, detail = Outcome.INFRA_ERROR, exc.one_line()
+        log_path = env.logs_dir / f"trial-{trial:04d}.log"
+        loss: Loss | None = None
+        bundle = ""
+        if outcome is Outcome.MISSING_LAYER:
+            loss = what_was_lost(
+                output.tarball if output else None,
+                missing,
+                env.scenario.dockerfile,
+                ctx.reference,
+                layer_digests=extra.get("layer_digests") if extra.get("layers") else None,
+            )
+            bundle_dir = write_bundle(
+                evidence_dir / f"trial-{trial:04d}",
+                trial=trial,
+                missing=missing,
+                loss=loss,
+                tarball=output.tarball if output else None,
+                build_log=log_path,
+                daemon_log=_daemon_log(backend),
+                cache_manifest=env.work_dir / ctx.cache.manifest_path
+                if ctx.cache and ctx.cache.manifest_path
+                else None,
+                facts=ctx.cache,
+            )
+            bundle = str(bundle_dir.relative_to(env.work_dir))
         record = _record(
             backend,
             ctx,
@@ -148,16 +176,15 @@ def run_trials(
             missing=missing,
             detail=detail,
             output=output,
-            log_path=str(env.logs_dir / f"trial-{trial:04d}.log"),
+            log_path=str(log_path),
+            loss=loss,
+            evidence_path=bundle,
             **extra,
         )
         _append(store, record, state, on_record)
-        if output is not None and output.tarball is not None and output.tarball.exists():
-            if outcome is Outcome.MISSING_LAYER:
-                evidence_dir.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(output.tarball), evidence_dir / output.tarball.name)
-            elif not keep_outputs:
-                output.tarball.unlink()
+        tarball = output.tarball if output is not None else None
+        if tarball is not None and tarball.exists() and not keep_outputs:
+            tarball.unlink()  # a failure's output was moved into its evidence bundle
         if outcome is Outcome.INFRA_ERROR:
             _after_infra_error(state, env, detail)
         else:
@@ -205,6 +232,8 @@ def _record(
     log_path: str = "",
     layers: int | None = None,
     layer_digests: list[str] | None = None,
+    loss: Loss | None = None,
+    evidence_path: str = "",
 ) -> TrialRecord:
     return TrialRecord(
         run_id=ctx.run_id,
@@ -243,7 +272,22 @@ def _record(
         host=ctx.facts.host,
         cpus=ctx.facts.cpus,
         attempt=ctx.attempt,
+        lost_steps=list(loss.steps) if loss else [],
+        lost_digests=list(loss.digests) if loss else [],
+        lost_reference=loss.reference if loss else "",
+        evidence_path=evidence_path,
     )
+
+
+def _daemon_log(backend: Backend) -> str | None:
+    """The BuildKit daemon's log, where the backend keeps one (daemon mode)."""
+    read = getattr(backend, "daemon_log", None)
+    if read is None:
+        return None
+    try:
+        return read()
+    except Exception as exc:  # evidence is best effort; the record must still be written
+        return f"(daemon log unavailable: {exc})"
 
 
 def positions_of_failures(records: Iterable[TrialRecord]) -> list[int]:

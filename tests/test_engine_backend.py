@@ -88,11 +88,34 @@ def test_a_tarball_without_the_expected_file_is_never_ok(
     ]
     assert summary.failures == 2
     assert summary.failure_positions == [2, 1]
-    # the evidence tarballs are kept, the others removed
-    evidence = sorted(
-        p.name for p in (Paths.from_env().run_dir(summary.run_id)).rglob("evidence/*.tar")
-    )
-    assert evidence == ["trial-0002.tar", "trial-0005.tar"]
+    # each failure names its lost step; the engine's export build leaves an image, not a
+    # tarball, so the missing paths are mapped through the Dockerfile
+    failed = [r for r in records if r.outcome is Outcome.MISSING_LAYER]
+    assert [r.lost_steps for r in failed] == [["COPY repro.txt /"]] * 2
+    assert all(r.lost_reference.startswith("dockerfile") for r in failed)
+    assert all(r.lost_digests == [] for r in failed)  # tar output has no layers to name
+    assert [r.evidence_path for r in failed] == ["evidence/trial-0002", "evidence/trial-0005"]
+    assert all(r.lost_steps == [] and r.evidence_path == "" for r in records if r not in failed)
+    # an evidence bundle per failure; the other outputs are removed
+    run_dir = Paths.from_env().run_dir(summary.run_id)
+    bundle = run_dir / "evidence/trial-0002"
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "build.log",
+        "cache-manifest.json",
+        "output.tar",
+        "what-was-lost.md",
+    ]
+    assert sorted(p.name for p in run_dir.rglob("*.tar")) == ["output.tar", "output.tar"]
+    lost = (bundle / "what-was-lost.md").read_text()
+    assert "`COPY repro.txt /`" in lost and "repro.txt" in lost
+    # the exported inline cache, read from the registry once for the batch
+    from repro_lib.store import Store
+
+    with Store(Paths.from_env().store) as store:
+        facts = store.batch(summary.run_id)
+    assert facts.status == "ok" and facts.cache_type == "inline"
+    assert facts.layer_count >= 3 and facts.manifest_digest.startswith("sha256:")
+    assert (run_dir / facts.manifest_path).is_file()
 
 
 def test_pruning_an_engine_the_lab_did_not_start_needs_consent(
