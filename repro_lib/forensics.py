@@ -43,7 +43,7 @@ EMPTY_LAYER_DIGESTS = {
     "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4": "gzip of an empty tar (legacy Docker)",
 }
 #: blobs at most this large are fetched to check whether they are empty layers
-SMALL_BLOB = 4096
+SMALL_BLOB = 16384
 MANIFEST_TYPES = ", ".join(
     [
         "application/vnd.oci.image.index.v1+json",
