@@ -101,7 +101,7 @@ def write_report(
             runs, source = _runs(store_or_df, df, sweep, run), f"`{store_or_df.path.name}`"
         else:
             path = Path(store_or_df) if store_or_df is not None else None
-            with Store(path if path is not None else _default_store()) as st:
+            with Store(path if path is not None else _default_store(), read_only=True) as st:
                 runs, source = _runs(st, df, sweep, run), f"`{st.path.name}`"
     if command is None:
         command = default_command(runs)

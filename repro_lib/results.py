@@ -60,7 +60,17 @@ _INT_COLUMNS = (
     "cache_hits",
     "cache_steps",
     "cache_pulled",
+    "cpus",
+    "attempt",
 )
+_LIST_COLUMNS = ("missing", "layer_digests", "lost_steps", "lost_digests")
+#: columns of the ``batches`` table joined to every trial of its run
+BATCH_COLUMNS = {
+    "status": "cache_facts",
+    "manifest_digest": "cache_manifest_digest",
+    "layer_count": "cache_layer_count",
+    "empty_layers": "cache_empty_layers",
+}
 
 
 def default_store(paths: Paths | None = None) -> Path:
@@ -117,7 +127,7 @@ def load_results(
         The store file does not exist or cannot be read.
     """
     if isinstance(store, Store):
-        raw = store.dataframe()
+        raw = _with_batches(store.dataframe(), store.batches_frame())
     else:
         path = Path(store) if store is not None else Paths.from_env().store
         if not path.is_file():
@@ -125,13 +135,20 @@ def load_results(
                 f"no results store at {path}",
                 hint="record some trials first (repro-lib reproduce …) or pass the path of an existing store",
             )
-        with Store(path) as opened:
-            raw = opened.dataframe()
+        with Store(path, read_only=True) as opened:
+            raw = _with_batches(opened.dataframe(), opened.batches_frame())
     df = derive(raw)
     df = filter_results(df, sweep=sweep, run=run, version=version, backend=backend)
     if not include_no_cache:
         df = df[df["cache_used"].ne(False).fillna(True).astype(bool)]
     return df.reset_index(drop=True)
+
+
+def _with_batches(trials: pd.DataFrame, batches: pd.DataFrame) -> pd.DataFrame:
+    """Join each run's exported-cache facts, so analysis can ask whether batches whose
+    cache differs fail at different rates (``cache_manifest_digest``, ``cache_empty_layers``)."""
+    facts = batches[["run_id", *BATCH_COLUMNS]].rename(columns=BATCH_COLUMNS)
+    return trials.merge(facts, on="run_id", how="left")
 
 
 def filter_results(
@@ -173,7 +190,7 @@ def derive(raw: pd.DataFrame) -> pd.DataFrame:
     if "privileged" in df.columns:
         df["privileged"] = pd.to_numeric(df["privileged"], errors="coerce").astype("boolean")
     df["started_at"] = pd.to_datetime(df["started_at"], utc=True, format="ISO8601")
-    for column in ("missing", "layer_digests"):
+    for column in _LIST_COLUMNS:
         df[column] = pd.Series([_as_list(v) for v in df[column]], index=df.index, dtype=object)
     outcome = df["outcome"].astype(object)
     df["failed"] = (outcome == Outcome.MISSING_LAYER.value).astype(bool)
@@ -199,7 +216,7 @@ def derive(raw: pd.DataFrame) -> pd.DataFrame:
 def raw_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The stored columns only, list columns re-encoded as JSON (as in the store)."""
     out = df[[c for c in TRIAL_COLUMNS if c in df.columns]].copy()
-    for column in ("missing", "layer_digests"):
+    for column in _LIST_COLUMNS:
         if column in out.columns:
             out[column] = [json.dumps(_as_list(v)) for v in out[column]]
     if "started_at" in out.columns and pd.api.types.is_datetime64_any_dtype(out["started_at"]):

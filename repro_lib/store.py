@@ -83,9 +83,25 @@ def utcnow() -> str:
 class Store:
     """A results store file. Open it with ``Store(path)``; it creates the schema."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """Open (and create, unless ``read_only``) a store.
+
+        ``read_only`` opens without creating or upgrading anything, so analysing a
+        shipped or downloaded store never changes it (raw data is never modified).
+
+        Raises:
+            UsageError: the file cannot be opened or is not a store.
+        """
         self.path = Path(path)
+        self.read_only = read_only
         try:
+            if read_only:
+                self._db = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None
+                )
+                self._db.row_factory = sqlite3.Row
+                self._db.execute("SELECT 1 FROM trials LIMIT 1")
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._db.row_factory = sqlite3.Row
@@ -197,11 +213,19 @@ class Store:
     def batch(self, run_id: str) -> Any:
         from .forensics import CacheFacts
 
-        row = self._db.execute("SELECT * FROM batches WHERE run_id = ?", (run_id,)).fetchone()
+        try:
+            row = self._db.execute("SELECT * FROM batches WHERE run_id = ?", (run_id,)).fetchone()
+        except sqlite3.OperationalError:  # a read-only store from before batches
+            return None
         return CacheFacts.from_row(dict(row)) if row else None
 
     def batches_frame(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM batches ORDER BY recorded_at", self._db)
+        try:
+            return pd.read_sql_query("SELECT * FROM batches ORDER BY recorded_at", self._db)
+        except (sqlite3.Error, pd.errors.DatabaseError):  # a read-only store from before batches
+            return pd.DataFrame(
+                columns=["run_id", "status", "manifest_digest", "layer_count", "empty_layers"]
+            )
 
     # trials -------------------------------------------------------------
     def append(self, record: TrialRecord) -> None:
