@@ -60,6 +60,7 @@ class BatchOptions:
     allow_prune: bool = False
     docker_cli: str | None = None
     build_timeout: float = 600
+    debug_failures: bool = False  # buildkitd --debug for this batch, its log kept with failures
     command: str = ""  # the command line that started the batch, for reports
 
     def validate(self) -> None:

@@ -158,6 +158,11 @@ def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Extra buildkitd flags (appended to BUILDKITD_FLAGS).",
         ),
         click.option(
+            "--debug-failures",
+            is_flag=True,
+            help="Run buildkitd with --debug for this batch, so each failure's evidence bundle holds a debug-level daemon log (daemon mode; daemonless builds log into the build log).",
+        ),
+        click.option(
             "--allow-prune",
             is_flag=True,
             help="engine backend: allow pruning the builder cache of an engine the lab did not start (destroys its build cache).",
@@ -222,6 +227,7 @@ def _options_from(kwargs: dict[str, Any], **extra: Any):
         allow_prune=kwargs["allow_prune"],
         docker_cli=kwargs["docker_cli"],
         build_timeout=kwargs["build_timeout"],
+        debug_failures=kwargs["debug_failures"],
         command=shlex.join(["repro-lib", *sys.argv[1:]]),
         **extra,
     )
@@ -506,6 +512,7 @@ def _sweep_plan(kwargs: dict[str, Any], plan_file: str | None, axes: dict[str, A
         "build_timeout": kwargs["build_timeout"]
         if kwargs["build_timeout"] != defaults.build_timeout
         else None,
+        "debug_failures": kwargs["debug_failures"] or None,
     }
     given = {k: v for k, v in {**axes, **batch}.items() if v is not None}
     if kwargs["backend"] != "container" or not plan_file:
@@ -846,3 +853,57 @@ def bench(
         click.echo(json.dumps(as_dicts(rows)))
     else:
         click.echo(text)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("trial", required=False, type=int)
+@click.option(
+    "--store",
+    "store_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Results store (default: data/raw/trials.sqlite).",
+)
+@handle_errors
+def evidence(run_id: str, trial: int | None, store_path: str | None) -> None:
+    """Print the evidence bundles of RUN_ID's failures (or of one TRIAL): what was lost,
+    what the imported cache held, and the files kept."""
+    from pathlib import Path
+
+    from .config import Paths
+    from .forensics import find_run_dir
+    from .records import Outcome
+    from .store import Store
+
+    paths = Paths.from_env()
+    store = Path(store_path) if store_path else paths.store
+    if not store.is_file():
+        raise UsageError(f"no results store at {store}", hint="pass --store")
+    with Store(store, read_only=True) as st:
+        records = [r for r in st.trials(run_id) if trial is None or r.trial == trial]
+    if not records:
+        raise UsageError(
+            f"no trial {trial} of run {run_id} in {store}"
+            if trial
+            else f"no run {run_id!r} in {store}",
+            hint="run ids are printed by reproduce and sweep, and listed by report",
+        )
+    failed = [r for r in records if r.outcome is Outcome.MISSING_LAYER]
+    if not failed:
+        click.echo(
+            f"trial {trial} of {run_id} was {records[0].outcome.value}: no evidence bundle"
+            if trial
+            else f"run {run_id}: no missing-layer failure among {len(records)} tries"
+        )
+        return
+    run_dir = find_run_dir(paths.runs, run_id)
+    for r in failed:
+        bundle = run_dir / r.evidence_path if run_dir and r.evidence_path else None
+        click.echo(f"== {run_id} trial {r.trial}: {bundle or 'bundle not on this machine'}")
+        lost = bundle / "what-was-lost.md" if bundle else None
+        if lost is not None and lost.is_file():
+            click.echo(lost.read_text())
+        else:
+            click.echo(f"lost steps: {'; '.join(r.lost_steps) or 'not recorded'}")
+            click.echo(f"missing: {', '.join(r.missing)}")

@@ -494,3 +494,11 @@ def write_bundle(
     lines += [f"- `{p.name}`" for p in sorted(bundle.iterdir()) if p.name != "what-was-lost.md"]
     (bundle / "what-was-lost.md").write_text("\n".join(lines) + "\n")
     return bundle
+
+
+def find_run_dir(runs: Path, run_id: str) -> Path | None:
+    """A run's directory: ``runs/<run>`` for a batch, ``runs/<sweep>/<run>`` for a sweep cell."""
+    for candidate in (runs / run_id, *sorted(runs.glob(f"*/{run_id}"))):
+        if candidate.is_dir():
+            return candidate
+    return None

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from . import plots, stats
+from .config import Paths
 from .results import derive, filter_results, load_results, raw_rows, version_key
 from .stats import (
     compare,
@@ -89,6 +90,8 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
+    batches: dict[str, Any] = {}
+    run_dirs: Path | None = None
     source = "a DataFrame"
     if isinstance(store_or_df, pd.DataFrame):
         df = store_or_df
@@ -99,15 +102,19 @@ def write_report(
         df = load_results(store_or_df, sweep=sweep, run=run)
         if isinstance(store_or_df, Store):
             runs, source = _runs(store_or_df, df, sweep, run), f"`{store_or_df.path.name}`"
+            batches = _batches(store_or_df, df)
         else:
             path = Path(store_or_df) if store_or_df is not None else None
             with Store(path if path is not None else _default_store(), read_only=True) as st:
                 runs, source = _runs(st, df, sweep, run), f"`{st.path.name}`"
+                batches = _batches(st, df)
+        run_dirs = Paths.from_env().runs
     if command is None:
         command = default_command(runs)
 
     raw_rows(df).to_csv(out / "trials.csv", index=False)
     text = _render(df, out, sweep=sweep, run=run, command=command, runs=runs, source=source)
+    text = text.rstrip("\n") + "\n" + "\n".join(_what_was_lost(df, batches, run_dirs)) + "\n"
     report = out / "report.md"
     report.write_text(text, encoding="utf-8")
     return report
@@ -523,6 +530,79 @@ def _figures(df: pd.DataFrame, out: Path) -> list[str]:
         "Figures are PNG files beside this report; attach them to the issue comment "
         "(drag and drop) to replace the relative links."
     )
+    return lines
+
+
+def _batches(st: Store, df: pd.DataFrame) -> dict[str, Any]:
+    out = {}
+    for run_id in sorted(df["run_id"].dropna().unique()) if len(df) else []:
+        facts = st.batch(run_id)
+        if facts is not None:
+            out[run_id] = facts
+    return out
+
+
+def _what_was_lost(df: pd.DataFrame, batches: dict[str, Any], runs_dir: Path | None) -> list[str]:
+    """Lost steps across failures, the exported cache's layers, and one evidence bundle."""
+    failed = df[df["failed"]] if len(df) else df
+    if failed.empty:
+        return []
+    lines = ["", "## What was lost", ""]
+    steps = Counter(step for lost in failed["lost_steps"] for step in (lost or []))
+    unnamed = int(sum(not (lost or []) for lost in failed["lost_steps"]))
+    if steps:
+        lines.append(
+            _table(
+                ["Lost Dockerfile step", "Failures"],
+                [[f"`{_cell(step)}`", n] for step, n in steps.most_common()],
+                "lr",
+            )
+        )
+        references = _uniq(failed["lost_reference"])
+        lines += ["", f"Judged against: {_join([r.split(':')[0] for r in references])}."]
+    if unnamed:
+        lines += ["", f"{unnamed} failures were recorded before lost steps were (no step named)."]
+    facts = next((batches[r] for r in failed["run_id"].unique() if r in batches), None)
+    if facts is not None:
+        lines += ["", f"### The exported cache of run `{facts.run_id}`", ""]
+        if facts.status != "ok":
+            lines.append(f"Not readable: {facts.detail}")
+        else:
+            lines.append(
+                f"`{facts.cache_type}` cache exported by `{facts.exporter}`: manifest "
+                f"`{facts.manifest_digest}`, {facts.layer_count} layers, "
+                f"{facts.empty_layers} of them empty."
+            )
+            lines += [
+                "",
+                _table(
+                    ["#", "Digest", "Size", "Media type", "Empty"],
+                    [
+                        [
+                            i,
+                            f"`{layer.digest}`",
+                            layer.size,
+                            layer.media_type,
+                            {True: "**empty**", False: "", None: "?"}[layer.empty],
+                        ]
+                        for i, layer in enumerate(facts.layers, 1)
+                    ],
+                    "rlrll",
+                ),
+            ]
+    example = failed[failed["evidence_path"].fillna("").astype(str) != ""].head(1)
+    if len(example) and runs_dir is not None:
+        from .forensics import find_run_dir
+
+        row = example.iloc[0]
+        run_dir = find_run_dir(runs_dir, row["run_id"])
+        bundle = run_dir / row["evidence_path"] if run_dir else None
+        lines += ["", f"### Evidence of run `{row['run_id']}`, trial {row['trial']}", ""]
+        if bundle is not None and bundle.is_dir():
+            lines.append("Files: " + ", ".join(f"`{p.name}`" for p in sorted(bundle.iterdir())))
+            lines.append(f"(`repro-lib evidence {row['run_id']} {row['trial']}` prints it.)")
+        else:
+            lines.append("The bundle is not on this machine (the store travelled without it).")
     return lines
 
 

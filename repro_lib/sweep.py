@@ -55,6 +55,7 @@ BATCH_FIELDS = (
     "allow_prune",
     "docker_cli",
     "build_timeout",
+    "debug_failures",
 )
 
 

@@ -62,7 +62,6 @@ class TrialContext:
     attempt: int = 1
     reference: Reference | None = None  # what a complete output looks like (the export build)
     cache: CacheFacts | None = None  # what the imported cache held
-    debug_failures: bool = False
 
 
 def classify(

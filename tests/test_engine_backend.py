@@ -116,6 +116,19 @@ def test_a_tarball_without_the_expected_file_is_never_ok(
     assert facts.status == "ok" and facts.cache_type == "inline"
     assert facts.layer_count >= 3 and facts.manifest_digest.startswith("sha256:")
     assert (run_dir / facts.manifest_path).is_file()
+    # the report says what was lost; `repro-lib evidence` prints a bundle
+    report = run_cli("report", "--run", summary.run_id, "--out", "rep", home=lab_home)
+    assert report.returncode == 0, report.stderr
+    text = (lab_home / "rep/report.md").read_text()
+    section = text[text.index("## What was lost") :]
+    assert "| `COPY repro.txt /` | 2 |" in section
+    assert f"manifest `{facts.manifest_digest}`" in section
+    assert "`what-was-lost.md`" in section
+    shown = run_cli("evidence", summary.run_id, "2", home=lab_home)
+    assert shown.returncode == 0, shown.stderr
+    assert "# What trial 2 lost" in shown.stdout and "COPY repro.txt /" in shown.stdout
+    missing = run_cli("evidence", "r-nope", home=lab_home)
+    assert missing.returncode == 2 and "no run 'r-nope'" in missing.stderr
 
 
 def test_pruning_an_engine_the_lab_did_not_start_needs_consent(

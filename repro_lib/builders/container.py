@@ -94,7 +94,11 @@ class ContainerBackend:
             mode=options.mode,
             privileged=options.privileged,
             security_opt=options.security_opt,
-            buildkitd_flags=options.buildkitd_flags,
+            buildkitd_flags=(
+                f"{options.buildkitd_flags} --debug".strip()
+                if getattr(options, "debug_failures", False)
+                else options.buildkitd_flags
+            ),
             output=options.output,
             cache_ref=options.cache_ref,
             cache_dir=options.cache_dir,
@@ -435,6 +439,10 @@ class ContainerBackend:
             logs=lambda: self._logs(daemon),
         )
         return daemon
+
+    def daemon_log(self) -> str | None:
+        """The running buildkitd's log (daemon mode); daemonless builds log into the build log."""
+        return self._logs(self.daemon) if self.daemon is not None else None
 
     def _stop_daemon(self) -> None:
         if self.daemon is None:
