@@ -260,3 +260,42 @@ def plot_durations(df: pd.DataFrame, *, by: str | Sequence[str] = ("backend", "m
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     return fig
+
+
+def lost_steps_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per missing-layer try: its run, trial, position, what was missing and lost."""
+    d = _prepared(df)
+    columns = ["run_id", "trial", "version_label", "since_reset", "missing", "lost_steps"]
+    if d.empty or "lost_steps" not in d.columns:
+        return pd.DataFrame(columns=[*columns, "lost_digests", "lost_reference"])
+    failed = d[d["failed"]]
+    return failed[[*columns, "lost_digests", "lost_reference"]].reset_index(drop=True)
+
+
+def plot_lost_steps(df: pd.DataFrame) -> Figure:
+    """Failures by lost Dockerfile step, one bar group per version."""
+    title = "Failures by lost Dockerfile step"
+    table = lost_steps_table(df)
+    if table.empty:
+        return _no_data(title, "no missing-layer failure")
+    rows = [
+        (version, step if len(step) <= 40 else step[:37] + "…")
+        for version, steps in zip(table["version_label"], table["lost_steps"], strict=True)
+        for step in (steps or ["(not recorded)"])
+    ]
+    counts = pd.DataFrame(rows, columns=["version", "step"]).value_counts().unstack(fill_value=0)
+    counts = counts.loc[sorted(counts.index, key=version_key)]
+    fig = Figure(figsize=(max(5.5, 1.2 * len(counts) + 3.0), 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(counts.columns))
+    for i, step in enumerate(counts.columns):
+        xs = np.arange(len(counts)) + i * width
+        ax.bar(xs, counts[step].to_numpy(), width, label=step)
+    ax.set_xticks(np.arange(len(counts)) + width * (len(counts.columns) - 1) / 2)
+    ax.set_xticklabels(counts.index)
+    ax.set_xlabel("version")
+    ax.set_ylabel("missing-layer failures")
+    ax.set_title(title)
+    ax.legend(title="lost step", fontsize="small")
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig

@@ -202,13 +202,17 @@ def test_reproduce_notebook_runs_the_container_backend(
 # 03 and 04: on a store the lab filled -------------------------------------------
 @pytest.fixture(scope="module")
 def lab_store(docker_client, fixture_images, docker_cli, tmp_path_factory) -> Path:
-    """A store holding one small real engine-backend batch."""
+    """A store holding one small real engine-backend batch whose trial 2 lost repro.txt
+    (the controlled backend drops it from the real output)."""
     from repro_lib.batch import BatchOptions, reproduce
+
+    from . import controlled_backend  # noqa: F401  (registers engine-dropping)
 
     home = tmp_path_factory.mktemp("lab-store")
     paths = Paths(home)
+    os.environ["REPRO_LIB_DROP_TRIALS"] = "2"
     options = BatchOptions(
-        backend="engine",
+        backend="engine-dropping",
         cache="inline",
         allow_prune=True,
         offline=True,
@@ -217,8 +221,11 @@ def lab_store(docker_client, fixture_images, docker_cli, tmp_path_factory) -> Pa
         base_image=fixture_images["base"],
         registry_image=fixture_images["registry"],
     )
-    summary = reproduce(docker_client, options, paths=paths, progress=False)
-    assert summary.tries == 6
+    try:
+        summary = reproduce(docker_client, options, paths=paths, progress=False)
+    finally:
+        del os.environ["REPRO_LIB_DROP_TRIALS"]
+    assert summary.tries == 6 and summary.failures == 1
     return paths.store
 
 
@@ -235,6 +242,8 @@ def _check_analysis(store: Path, home: Path) -> None:
     pngs = outputs(nb, "image/png")
     assert len(pngs) >= 5, f"expected one PNG per plot, got {len(pngs)}"
     assert str(store) in text_of(nb)
+    if "lab-store" in str(store):  # its trial 2 lost repro.txt: the lost step is named
+        assert "COPY repro.txt /" in text_of(nb)
     derived = Paths(home).processed
     assert (derived / "rates_by_cell.csv").is_file() and (
         derived / "rates_by_version.csv"
