@@ -45,11 +45,7 @@ def oci_from_docker_save(saved, dest, *, drop_layer_holding: str | None = None):
         config = tin.extractfile(manifest["Config"]).read()
         layers = [tin.extractfile(p).read() for p in manifest["Layers"]]
     if drop_layer_holding:
-        layers = [
-            blob
-            for blob in layers
-            if drop_layer_holding not in _names(blob)
-        ]
+        layers = [blob for blob in layers if drop_layer_holding not in _names(blob)]
     oci_manifest = json.dumps(
         {
             "schemaVersion": 2,
