@@ -14,11 +14,22 @@ resets). Ratios are to the baseline measured in the same run:
 
 Each row also carries its failure rate with an interval and Fisher's test
 against the baseline, so a speed-up that stops reproducing the bug shows.
+Every configuration runs at least three replicate batches: the rate check
+pools them only after testing that they agree (one odd batch must not pass for
+a mode's effect), and says so.
+
+CPU accounting is whole-machine: the busy time of ``/proc/stat`` (user, nice,
+system, irq, softirq, steal) over each configuration's own window, divided by
+its tries. The CPU ceiling is ``cores × 60 ÷ CPU-s per try`` tries per minute,
+what the machine could do if every core were busy with this configuration; the
+fraction reached is the machine's utilisation during that window. Anything
+else running on the machine is counted too, so measure on a quiet machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,13 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import pandas as pd
 
 from . import stats
 from .config import Paths
 from .records import evidence
+from .results import derive
 from .store import Store
 from .sweep import Plan, run_sweep
 
+MIN_BATCHES = 3  # replicate batches per configuration, so a rate check can test agreement
 PHASES = (
     "reset",
     "container_start",
@@ -69,6 +83,11 @@ class BenchRow:
     pvalue_vs_baseline: float | None
     phases: dict[str, float] = field(default_factory=dict)
     per_host: dict[str, float] = field(default_factory=dict)  # tries/min of each host (cluster)
+    cpu_s_per_try: float | None = None
+    ceiling_per_minute: float | None = None
+    ceiling_fraction: float | None = None
+    batches: int = 0
+    batches_agree_p: float | None = None  # heterogeneity of failure rates across its batches
 
 
 def configurations(backend: str, lanes: int, cluster: str | None = None) -> list[BenchConfig]:
@@ -118,7 +137,8 @@ def run_bench(
     rows: list[BenchRow] = []
     baseline: BenchRow | None = None
     for config in configurations(backend, lanes, cluster):
-        replicates = config.lanes
+        # at least three batches, a whole number per lane so lanes stay balanced
+        replicates = config.lanes * -(-MIN_BATCHES // config.lanes)
         plan = Plan(
             versions=list(versions),
             reset_freq=[reset_freq],
@@ -127,13 +147,14 @@ def run_bench(
             else (["registry"] if backend == "container" else ["inline"]),
             mode=[config.mode],
             backend=backend,
-            tries=max(1, tries // replicates),
+            tries=-(-tries // replicates),  # at least --tries in all
             lanes=config.lanes,
             replicates=replicates,
             batch=dict(batch),
         )
         with _cluster_client(config.cluster, config.lanes) as dask_client:
             # a cluster is started once and serves many sweeps: its start-up is not throughput
+            cpu_before = busy_cpu_seconds()
             started = time.monotonic()
             outcome = run_sweep(
                 client,
@@ -145,6 +166,7 @@ def run_bench(
                 cluster=dask_client,
             )
             wall = time.monotonic() - started
+            cpu = busy_cpu_seconds() - cpu_before
         with Store(store_path) as store:
             records = [r for c in plan.cells() for r in store.trials(c.run_id(outcome.sweep_id))]
         k, counted = evidence(records)
@@ -159,6 +181,15 @@ def run_bench(
             host: round(60.0 * sum(r.host == host for r in records) / wall, 2)
             for host in sorted({r.host for r in records})
         }
+        cpu_per_try = cpu / len(records) if records and cpu > 0 else None
+        ceiling = (os.cpu_count() or 1) * 60.0 / cpu_per_try if cpu_per_try else None
+        agreement = (
+            stats.group_agreement(
+                derive(pd.DataFrame([r.to_row() for r in records])).assign(cell="all"), by="run_id"
+            )
+            if records
+            else []
+        )
         row = BenchRow(
             name=config.name,
             sweep_id=outcome.sweep_id,
@@ -174,6 +205,11 @@ def run_bench(
             pvalue_vs_baseline=None,
             phases=phases,
             per_host=per_host if config.cluster else {},
+            cpu_s_per_try=round(cpu_per_try, 4) if cpu_per_try else None,
+            ceiling_per_minute=round(ceiling, 1) if ceiling else None,
+            ceiling_fraction=round(per_minute / ceiling, 3) if ceiling else None,
+            batches=len(plan.cells()),
+            batches_agree_p=agreement[0].pvalue if agreement else None,
         )
         if baseline is None:
             baseline = row
@@ -185,6 +221,16 @@ def run_bench(
                 ).pvalue
         rows.append(row)
     return rows
+
+
+def busy_cpu_seconds() -> float:
+    """Whole-machine busy CPU seconds since boot, from ``/proc/stat`` (0 where absent)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -212,15 +258,28 @@ def markdown(rows: list[BenchRow], *, header: str = "") -> str:
     """The result as a Markdown table (what the README quotes)."""
     lines = [header] if header else []
     lines += [
-        "| configuration | tries | wall s | tries/min | × baseline | failures | rate (95% CI) | Fisher p vs baseline |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "| configuration | tries | wall s | tries/min | × baseline | CPU-s/try | ceiling/min | of ceiling | failures | rate (95% CI) | batches agree p | Fisher p vs baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         p = "—" if r.pvalue_vs_baseline is None else f"{r.pvalue_vs_baseline:.2f}"
+        agree = "—" if r.batches_agree_p is None else f"{r.batches_agree_p:.2f} ({r.batches})"
+        cpu = "—" if r.cpu_s_per_try is None else f"{r.cpu_s_per_try:.3f}"
+        ceiling = "—" if r.ceiling_per_minute is None else f"{r.ceiling_per_minute:.0f}"
+        frac = "—" if r.ceiling_fraction is None else f"{100 * r.ceiling_fraction:.0f}%"
         lines.append(
             f"| {r.name} | {r.trials} | {r.wall_s:.1f} | {r.per_minute:.1f} | {r.ratio:.2f} | "
-            f"{r.failures}/{r.counted} | {_pct(r.rate)} ({_pct(r.ci_low)}–{_pct(r.ci_high)}) | {p} |"
+            f"{cpu} | {ceiling} | {frac} | "
+            f"{r.failures}/{r.counted} | {_pct(r.rate)} ({_pct(r.ci_low)}–{_pct(r.ci_high)}) | "
+            f"{agree} | {p} |"
         )
+    lines += [
+        "",
+        "CPU: whole-machine busy time from /proc/stat over each configuration's window; "
+        "ceiling = cores × 60 ÷ CPU-s per try. Rates pool a configuration's batches; "
+        "'batches agree p' tests them against each other (Fisher for two, chi-square for "
+        "more) before that pooling is trusted.",
+    ]
     for r in rows:
         if r.per_host:
             lines += ["", f"Tries per minute per worker ({r.name}):", ""]

@@ -249,7 +249,15 @@ def test_bench_runs_on_the_engine_backend(docker_client, fixture_images, docker_
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = __import__("json").loads(proc.stdout.strip().splitlines()[-1])
     assert [r["ratio"] for r in rows][0] == 1.0 and len(rows) == 2
-    assert all(r["trials"] == 8 and r["per_minute"] > 0 for r in rows)
+    assert all(r["trials"] >= 8 and r["per_minute"] > 0 for r in rows)  # 3 batches at least
+    # CPU accounting and the ceiling, and at least three batches per configuration
+    for r in rows:
+        assert r["cpu_s_per_try"] > 0 and r["ceiling_per_minute"] > r["per_minute"] * 0.5
+        assert 0 < r["ceiling_fraction"] <= 1.5 and r["ceiling_per_minute"] == pytest.approx(
+            (__import__("os").cpu_count() * 60) / r["cpu_s_per_try"], rel=0.01
+        )
+        assert r["batches"] >= 3 and "batches_agree_p" in r
+    assert "CPU-s/try" in proc.stderr and "of ceiling" in proc.stderr
     assert "× baseline" in proc.stderr and "Mean seconds per try" in proc.stderr
     assert all("build" in r["phases"] and "verify" in r["phases"] for r in rows)
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
