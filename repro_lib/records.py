@@ -69,6 +69,7 @@ class TrialRecord:
     lost_digests: list[str] = field(default_factory=list)  # lost layer digests (OCI output)
     lost_reference: str = ""  # what the loss was judged against
     evidence_path: str = ""  # the failure's evidence bundle, relative to the run directory
+    buildctl_via: str = ""  # daemon mode: "host" (the image's buildctl over TCP) or "exec"
 
     def to_row(self) -> dict[str, Any]:
         row = dataclasses.asdict(self)
@@ -91,7 +92,7 @@ class TrialRecord:
         for name in _LIST_FIELDS:
             if name in values:
                 values[name] = json.loads(values[name] or "[]")
-        for name in ("lost_reference", "evidence_path", "host"):
+        for name in ("lost_reference", "evidence_path", "host", "buildctl_via"):
             if name in values and values[name] is None:
                 values[name] = ""
         if values.get("attempt") is None:

@@ -275,6 +275,7 @@ def _record(
         lost_digests=list(loss.digests) if loss else [],
         lost_reference=loss.reference if loss else "",
         evidence_path=evidence_path,
+        buildctl_via=getattr(backend, "buildctl_via", ""),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shlex
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -41,6 +42,8 @@ OUTPUT_DIR = f"{STAGE}/out"
 CACHE_DIR = f"{STAGE}/cache"
 CONFIG_PATH = f"{STAGE}/config.toml"
 ROOTLESS_STATE = "/home/user/.local/share/buildkit"
+ROOTLESS_SOCKET = "unix:///run/user/1000/buildkit/buildkitd.sock"
+ROOTFUL_SOCKET = "unix:///run/buildkit/buildkitd.sock"
 ROOTFUL_STATE = "/var/lib/buildkit"
 ROOTLESS_SECURITY = ("seccomp=unconfined", "apparmor=unconfined")
 OUTPUT_TYPES = ("tar", "oci")
@@ -148,6 +151,11 @@ class ContainerBackend:
         self.state: lab.StateVolume | None = None
         self.daemon: docker.models.containers.Container | None = None
         self._cycle = 0
+        # daemon mode drives buildkitd from the host with the image's own buildctl;
+        # None until tried, then a path, or "" when it cannot run here (docker exec then)
+        self.host_buildctl: Path | str | None = None
+        self.buildctl_via = ""  # "host" | "exec": how daemon-mode builds reached buildkitd
+        self.daemon_addr = ""
 
     # setup ---------------------------------------------------------------
     def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
@@ -272,6 +280,10 @@ class ContainerBackend:
         if role == "buildkit-daemon":
             kwargs["entrypoint"] = (["rootlesskit"] if profile["rootless"] else []) + ["buildkitd"]
             kwargs["command"] = shlex.split(profile["buildkitd_flags"])
+            if self.daemon_addr:
+                # the image's own socket for `docker exec`, and loopback TCP for the host's buildctl
+                socket = ROOTLESS_SOCKET if profile["rootless"] else ROOTFUL_SOCKET
+                kwargs["command"] += ["--addr", socket, "--addr", self.daemon_addr]
         else:
             kwargs["entrypoint"] = ["buildctl-daemonless.sh"]
         return kwargs
@@ -296,9 +308,7 @@ class ContainerBackend:
         dest = f"{OUTPUT_DIR}/out-{trial}.tar"
         args = self._build_args(export=False, dest=dest)
         if self.mode == "daemon":
-            # The daemon streams the result to stdout: no copy out of the container.
-            args = self._build_args(export=False, dest="-")
-            return self._run_in_daemon(args, f"trial-{trial:04d}")
+            return self._run_in_daemon(trial)
         return self._run_once(self.image, args, f"trial-{trial:04d}", dest)
 
     def close(self) -> None:
@@ -410,9 +420,46 @@ class ContainerBackend:
         return f"# container: {lab.container_kwargs_for_log(kwargs)}\n"
 
     # daemon mode ---------------------------------------------------------------
+    def _host_buildctl(self) -> Path | str:
+        """The image's own buildctl, copied out once per batch, if it runs on this host.
+
+        Client and daemon versions then always match. "" when it cannot run here
+        (another architecture, a dynamically linked build): builds use ``docker exec``.
+        """
+        if self.host_buildctl is not None:
+            return self.host_buildctl
+        env = self.env
+        assert env is not None
+        target = env.work_dir / "bin" / f"buildctl-{self.version}"
+        self.host_buildctl = ""
+        container = None
+        try:
+            container = env.client.containers.create(
+                self.image,
+                entrypoint=["true"],
+                labels=lab.role_labels(env.label_id, "buildctl-copy", keep=False),
+                network_mode="host",
+            )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            lab.copy_out(container, "/usr/bin/buildctl", str(target.parent))
+            (target.parent / "buildctl").rename(target)
+            target.chmod(0o755)
+            probe = subprocess.run([str(target), "--version"], capture_output=True, timeout=30)
+            if probe.returncode == 0:
+                self.host_buildctl = target
+        except (OSError, docker.errors.DockerException, subprocess.SubprocessError):
+            pass
+        finally:
+            if container is not None:
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
+        return self.host_buildctl
+
     def _start_daemon(self) -> Any:
         env = self.env
         assert env is not None
+        if self._host_buildctl():
+            self.daemon_addr = f"tcp://127.0.0.1:{lab.free_port()}"
         name = f"{lab.NAME_PREFIX}-{env.run_id}-l{self.lane}-daemon-c{self._cycle}"
         kwargs = self.container_kwargs(self.image, [], "buildkit-daemon", name)
         try:
@@ -427,6 +474,13 @@ class ContainerBackend:
             daemon.reload()
             if daemon.status in ("exited", "dead"):
                 raise InfraError(f"buildkitd exited: {log_tail(self._logs(daemon), 3)}")
+            if self.daemon_addr:
+                probe = subprocess.run(
+                    [str(self.host_buildctl), "--addr", self.daemon_addr, "debug", "workers"],
+                    capture_output=True,
+                    timeout=10,
+                )
+                return probe.returncode == 0
             code, _ = daemon.exec_run(["buildctl", "debug", "workers"])
             return code == 0
 
@@ -454,27 +508,35 @@ class ContainerBackend:
         with contextlib.suppress(docker.errors.DockerException):
             self.daemon.remove(force=True)
         self.daemon = None
+        self.daemon_addr = ""
 
-    def _run_in_daemon(self, args: list[str], tag: str) -> BuildOutput:
+    def _run_in_daemon(self, trial: int) -> BuildOutput:
         env = self.env
         assert env is not None
+        tag = f"trial-{trial:04d}"
         started = time.monotonic()
         phases: dict[str, float] = {}
         if self.daemon is None:
             t0 = time.monotonic()
             self._start_daemon()
             phases["daemon_start"] = time.monotonic() - t0
-        daemon = self.daemon
+        outdir = env.work_dir / "outputs"
+        outdir.mkdir(parents=True, exist_ok=True)
+        tarball = outdir / f"{tag}.tar"
         t0 = time.monotonic()
-        try:
-            code, (stdout, stderr) = daemon.exec_run(["buildctl", *args], demux=True)
-        except docker.errors.DockerException as exc:
-            raise InfraError(f"buildctl exec failed: {lab.describe_docker_error(exc)}") from exc
+        if self.daemon_addr:
+            self.buildctl_via = "host"
+            args = self._host_build_args(tarball)
+            code, log = self._buildctl_on_host(args)
+            header = f"# buildctl on the host -> {self.daemon_addr}: {shlex.join(args)}\n"
+        else:
+            # the daemon streams the result to stdout: no copy out of the container
+            self.buildctl_via = "exec"
+            args = self._build_args(export=False, dest="-")
+            code, log, stdout = self._buildctl_exec(args)
+            header = f"# exec in {self.daemon.name}: buildctl {shlex.join(args)}\n"
         phases["build"] = time.monotonic() - t0
-        log = (stderr or b"").decode(errors="replace")
-        path = write_log(
-            env, f"{tag}.log", f"# exec in {daemon.name}: buildctl {shlex.join(args)}\n" + log
-        )
+        path = write_log(env, f"{tag}.log", header + log)
         if code != 0:
             raise BuildFailed(
                 f"buildctl exited {code}: {_reason(log)} (log: {path})",
@@ -482,14 +544,54 @@ class ContainerBackend:
                 exit_code=code,
             )
         _check_cache_import(args, log)
-        t0 = time.monotonic()
-        outdir = env.work_dir / "outputs"
-        outdir.mkdir(parents=True, exist_ok=True)
-        tarball = outdir / f"{tag}.tar"
-        tarball.write_bytes(stdout or b"")
-        phases["copy_out"] = time.monotonic() - t0
+        if not self.daemon_addr:
+            t0 = time.monotonic()
+            tarball.write_bytes(stdout or b"")
+            phases["copy_out"] = time.monotonic() - t0
         phases.update(step_times(log))
-        return _output(tarball, log, time.monotonic() - started, phases)
+        return _output(
+            tarball if tarball.exists() else None, log, time.monotonic() - started, phases
+        )
+
+    def _host_build_args(self, tarball: Path) -> list[str]:
+        """The same build as inside the container, with host paths for what the client reads
+        and writes: the context, a local cache to import, and the output file."""
+        env = self.env
+        assert env is not None
+        context = env.scenario.write_to(env.work_dir / f"context-l{self.lane}")
+        args = self._build_args(export=False, dest=str(tarball))
+        out = []
+        for arg in args:
+            if arg.startswith(("context=", "dockerfile=")):
+                arg = arg.split("=", 1)[0] + f"={context}"
+            elif arg == f"type=local,src={CACHE_DIR}":
+                arg = f"type=local,src={self.cache_dir}"
+            out.append(arg)
+        return ["--addr", self.daemon_addr, *out]
+
+    def _buildctl_on_host(self, args: list[str]) -> tuple[int, str]:
+        try:
+            proc = subprocess.run(
+                [str(self.host_buildctl), *args],
+                capture_output=True,
+                timeout=self.build_timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise BuildFailed(
+                f"build timed out after {self.build_timeout:.0f}s",
+                log_tail=log_tail((exc.stderr or b"").decode(errors="replace")),
+            ) from exc
+        except OSError as exc:
+            raise InfraError(f"cannot run buildctl on the host: {exc}") from exc
+        return proc.returncode, proc.stderr.decode(errors="replace")
+
+    def _buildctl_exec(self, args: list[str]) -> tuple[int, str, bytes]:
+        assert self.daemon is not None
+        try:
+            code, (stdout, stderr) = self.daemon.exec_run(["buildctl", *args], demux=True)
+        except docker.errors.DockerException as exc:
+            raise InfraError(f"buildctl exec failed: {lab.describe_docker_error(exc)}") from exc
+        return code, (stderr or b"").decode(errors="replace"), stdout or b""
 
 
 def _output(
