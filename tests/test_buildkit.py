@@ -39,8 +39,19 @@ def test_affected_version_loses_layers(docker_client, fixture_images, affected_b
         missing = [
             r.missing for r in store.trials(summary["run_id"]) if r.outcome.value == "missing_layer"
         ]
+        records = store.trials(summary["run_id"])
+        facts = store.batch(summary["run_id"])
     assert all(m == ["repro.txt"] for m in missing)
-    assert list((lab_home / "data/runs" / summary["run_id"] / "evidence").glob("*.tar"))
+    # every try says whether it used the cache; every failure names its lost step
+    assert all(r.cache_hits is not None and r.cache_steps == 3 for r in records)
+    lost = [r for r in records if r.outcome.value == "missing_layer"]
+    assert all(r.lost_steps == ["COPY repro.txt /"] for r in lost)
+    assert all(r.lost_reference.startswith("export-tree") for r in lost)
+    bundles = list((lab_home / "data/runs" / summary["run_id"] / "evidence").glob("trial-*"))
+    assert len(bundles) == len(lost)
+    assert all((b / "output.tar").is_file() and (b / "what-was-lost.md").is_file() for b in bundles)
+    # the exported registry cache: three layers, none of them empty (v0.9.0 drops them)
+    assert facts.status == "ok" and facts.layer_count == 3 and facts.empty_layers == 0
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
 
 
@@ -65,3 +76,8 @@ def test_oci_output_counts_the_lost_layer(
     lost = [r for r in records if r.outcome.value == "missing_layer"]
     assert all(r.layers == 2 for r in lost)
     assert (code == 1) == bool(lost)
+    # daemon mode drives buildkitd with the image's own buildctl from the host
+    assert {r.buildctl_via for r in records} == {"host"}
+    # the lost layer is named by digest and by the step its history entry records
+    assert all(len(r.lost_digests) == 1 and r.lost_steps == ["COPY repro.txt /"] for r in lost)
+    assert all(r.lost_reference.startswith("export-oci") for r in lost)
