@@ -605,6 +605,19 @@ def _print_cells(outcome: Any, as_json: bool) -> None:
     type=int,
     help="Identical copies of every cell (spreads one configuration over lanes).  [default: 1]",
 )
+@click.option(
+    "--shard",
+    "shard_text",
+    default=None,
+    metavar="K/N",
+    help="Run only the K-th of N deterministic parts of the cells (a CI matrix job); merge the stores with `repro-lib merge`.",
+)
+@click.option(
+    "--sweep-id",
+    "sweep_id",
+    default=None,
+    help="Id of the sweep (shards of one sweep share it). Default: new per run; with --shard, derived from the plan.",
+)
 @batch_options
 @handle_errors
 def sweep(
@@ -620,6 +633,8 @@ def sweep(
     plan_file,
     resume_id,
     replicates,
+    shard_text,
+    sweep_id,
     **kwargs: Any,
 ) -> None:
     """Run every cell of a grid of versions × cache versions × reset frequencies × caches × modes.
@@ -628,12 +643,23 @@ def sweep(
     layer, 1 a missing layer was seen, 2 usage or environment error, 130 interrupted.
     """
     from .config import Paths
+    from .shard import check_sweep_id, parse_shard, shard_to_resume, sweep_id_for
+    from .store import Store
     from .sweep import resume_plan, run_sweep
 
     paths = Paths.from_env()
     store_path = kwargs["store_path"] or paths.store
+    shard = parse_shard(shard_text) if shard_text is not None else None
+    if sweep_id is not None:
+        check_sweep_id(sweep_id)
+    if resume_id and sweep_id and sweep_id != resume_id:
+        raise UsageError("--resume already names the sweep", hint="drop --sweep-id")
     if resume_id:
         plan, command = resume_plan(store_path, resume_id)
+        with Store(store_path) as store:
+            recorded = [r.get("shard") for r in store.runs(resume_id)]
+            recorded.append((store.sweep(resume_id) or {}).get("plan", {}).get("shard"))
+        shard = shard_to_resume(resume_id, recorded, shard)
         if lanes:
             plan.lanes = lanes
     else:
@@ -653,9 +679,17 @@ def sweep(
         }
         plan = _sweep_plan(kwargs, plan_file, axes)
         command = shlex.join(["repro-lib", *sys.argv[1:]])
+        if sweep_id is None and shard is not None:
+            sweep_id = sweep_id_for(plan)  # every shard of this plan gets the same id
     client = _client(kwargs["engine_host"])
     outcome = run_sweep(
-        client, plan, sweep_id=resume_id, store_path=store_path, paths=paths, command=command
+        client,
+        plan,
+        sweep_id=resume_id or sweep_id,
+        store_path=store_path,
+        paths=paths,
+        command=command,
+        shard=shard,
     )
     _print_cells(outcome, kwargs["as_json"])
     sys.exit(EXIT_MISSING_LAYER if outcome.failures else 0)

@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT,
     status TEXT NOT NULL,
     params TEXT NOT NULL,
-    summary TEXT
+    summary TEXT,
+    shard TEXT,
+    plan_digest TEXT
 );
 CREATE TABLE IF NOT EXISTS trials (
     {", ".join(f"{c} {_SQL_TYPES.get(c, 'TEXT')}" for c in TRIAL_COLUMNS)},
@@ -56,6 +58,13 @@ CREATE TABLE IF NOT EXISTS sweeps (
 );
 CREATE INDEX IF NOT EXISTS trials_by_sweep ON trials(sweep_id, cell);
 """
+
+
+#: ``PRAGMA user_version`` of the layout above; stores at 0 predate versioning and
+#: are upgraded in place by adding the columns they lack (see ``_add_missing_columns``)
+SCHEMA_VERSION = 1
+#: runs columns added after the first release, with their SQL types
+RUN_COLUMNS_ADDED = {"shard": "TEXT", "plan_digest": "TEXT"}
 
 
 def utcnow() -> str:
@@ -93,6 +102,12 @@ class Store:
             if column not in have:
                 sql_type = _SQL_TYPES.get(column, "TEXT").replace(" NOT NULL", "")
                 self._db.execute(f"ALTER TABLE trials ADD COLUMN {column} {sql_type}")
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for column, sql_type in RUN_COLUMNS_ADDED.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {sql_type}")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -122,6 +137,13 @@ class Store:
         self._db.execute(
             "UPDATE runs SET status = ?, finished_at = ?, summary = ? WHERE run_id = ?",
             (status, utcnow(), json.dumps(summary, default=str) if summary else None, run_id),
+        )
+
+    def tag_run(self, run_id: str, *, shard: str | None, plan_digest: str | None) -> None:
+        """Mark a sweep cell's run with its shard and plan, so a merge can check both."""
+        self._db.execute(
+            "UPDATE runs SET shard = ?, plan_digest = ? WHERE run_id = ?",
+            (shard, plan_digest, run_id),
         )
 
     def run(self, run_id: str) -> dict[str, Any] | None:

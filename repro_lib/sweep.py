@@ -33,6 +33,7 @@ from .config import Paths, lab_id
 from .errors import UsageError
 from .records import Outcome, TrialRecord, evidence
 from .scenario import load_scenario
+from .shard import format_shard, plan_digest, shard_cells
 from .store import Store
 
 AXES = ("versions", "cache_versions", "reset_freq", "cache", "mode")
@@ -396,8 +397,13 @@ def run_sweep(
     progress: bool = True,
     command: str = "",
     on_cell_done: Callable[[CellResult], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> SweepOutcome:
     """Run (or resume) every cell of ``plan``; trials already recorded are never rerun.
+
+    With ``shard=(k, n)`` only the k-th of n parts of the cells runs (see
+    :mod:`repro_lib.shard`); the run ids stay those of the whole plan, so the
+    shards' stores merge back into one sweep when they share ``sweep_id``.
 
     Raises:
         ReproError: a usage or environment problem that stops the whole sweep.
@@ -407,13 +413,27 @@ def run_sweep(
     paths = paths or Paths.from_env()
     store_path = Path(store_path or paths.store)
     sweep_id = sweep_id or new_sweep_id()
-    cells = plan.cells()
+    cells = shard_cells(plan, shard)
+    digest = plan_digest(plan)
+    shard_text = format_shard(shard) if shard else None
+    # shards of one sweep may run side by side on one machine: their registries,
+    # lane engines and scratch directories must not share a label
+    session_id = sweep_id if shard is None else f"{sweep_id}-s{shard[0]}of{shard[1]}"
     scenario = load_scenario(plan.batch.get("scenario"), base_image=plan.batch.get("base_image"))
     factory = backend_class(plan.backend)
     rule = stop_rule(plan)
-    lanes = min(plan.lanes, len(cells))
+    lanes = max(1, min(plan.lanes, len(cells)))
     with Store(store_path) as store:
-        store.start_sweep(sweep_id, {**plan.as_dict(), "command": command})
+        recorded = store.sweep(sweep_id)
+        if recorded is not None and plan_digest(recorded["plan"]) != digest:
+            raise UsageError(
+                f"sweep {sweep_id} in {store_path} was recorded with another plan",
+                hint="pass a new --sweep-id, or --resume it to continue that plan",
+            )
+        store.start_sweep(
+            sweep_id,
+            {**plan.as_dict(), "command": command, "plan_digest": digest, "shard": shard_text},
+        )
         store.set_sweep_status(sweep_id, "running")
         done_before = {c.index: store.trials(c.run_id(sweep_id)) for c in cells}
     for image in {c.image for c in cells} | {c.cache_image for c in cells if c.cache_image}:
@@ -435,7 +455,7 @@ def run_sweep(
             session = stack.enter_context(
                 LabSession(
                     client,
-                    sweep_id,
+                    session_id,
                     paths=paths,
                     offline=bool(plan.batch.get("offline")),
                     registry_image=plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE),
@@ -445,7 +465,7 @@ def run_sweep(
             )
             if plan.backend != "container" and lanes > 1:
                 engines = stack.enter_context(
-                    _LaneEngines(client, paths, sweep_id, lanes, scenario.base_images())
+                    _LaneEngines(client, paths, session_id, lanes, scenario.base_images())
                 )
                 lane_clients = list(engines.clients)
             else:
@@ -477,6 +497,7 @@ def run_sweep(
                                 bar,
                                 stop_event,
                                 command,
+                                (shard_text, digest),
                             )
                 except BaseException as exc:  # surfaced by the main thread
                     errors.append(exc)
@@ -505,7 +526,7 @@ def run_sweep(
         bar.close()
         with Store(store_path) as store:
             store.set_sweep_status(sweep_id, status)
-    outcome = summarize(store_path, sweep_id, plan)
+    outcome = summarize(store_path, sweep_id, plan, shard=shard)
     if on_cell_done:
         for c in outcome.cells:
             on_cell_done(c)
@@ -535,9 +556,14 @@ def _run_cell(
     bar: Any,
     stop_event: threading.Event,
     command: str,
+    tags: tuple[str | None, str] = (None, ""),
 ) -> BatchSummary:
     run_id = cell.run_id(sweep_id)
     decision: dict[str, str] = {}
+
+    def tag(_phase: str = "") -> None:
+        # the runs row exists once run_batch has started the run
+        store.tag_run(run_id, shard=tags[0], plan_digest=tags[1] or None)
 
     def should_stop(records: list[TrialRecord]) -> bool:
         if stop_event.is_set():
@@ -552,18 +578,23 @@ def _run_cell(
 
     bar.lane(lane, cell.key(), len(prior), plan.tries)
     options = plan.batch_options(cell, command)
-    summary = run_batch(
-        session,
-        options,
-        store,
-        run_id=run_id,
-        lane=lane,
-        sweep_id=sweep_id,
-        cell=cell.key(),
-        should_stop=should_stop,
-        client=client,
-        on_record=lambda r: bar.record(lane, r),
-    )
+    try:
+        summary = run_batch(
+            session,
+            options,
+            store,
+            run_id=run_id,
+            lane=lane,
+            sweep_id=sweep_id,
+            cell=cell.key(),
+            should_stop=should_stop,
+            client=client,
+            on_record=lambda r: bar.record(lane, r),
+            on_phase=tag,
+        )
+    finally:
+        with contextlib.suppress(Exception):  # the store may be what failed
+            tag()
     if decision.get("reason") and decision["reason"] != "interrupted":
         store.finish_run(run_id, "done", {**summary.as_dict(), "stopped": decision["reason"]})
         skipped = plan.tries - len(store.trial_numbers(run_id))
@@ -573,12 +604,15 @@ def _run_cell(
     return summary
 
 
-def summarize(store_path: str | Path, sweep_id: str, plan: Plan) -> SweepOutcome:
-    """One row per cell: counts, rate, interval, tries to verdict, why it stopped."""
+def summarize(
+    store_path: str | Path, sweep_id: str, plan: Plan, *, shard: tuple[int, int] | None = None
+) -> SweepOutcome:
+    """One row per cell (of ``shard`` only, when given): counts, rate, interval,
+    tries to verdict, why it stopped."""
     rows = []
     with Store(store_path) as store:
         status = (store.sweep(sweep_id) or {}).get("status", "unknown")
-        for cell in plan.cells():
+        for cell in shard_cells(plan, shard):
             run_id = cell.run_id(sweep_id)
             records = store.trials(run_id)
             run = store.run(run_id) or {}
