@@ -696,6 +696,29 @@ def sweep(
 
 
 @main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("stores", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@handle_errors
+def merge(out: str, stores: tuple[str, ...]) -> None:
+    """Merge results STORES (shards, other machines) into OUT, without loss or double counting.
+
+    Copies runs, trials, sweeps and any other table, and records in OUT's
+    provenance table which file each run came from. Merging a store again adds
+    nothing. When two stores hold one trial with different content, or shards of
+    one sweep ran different plans, nothing is written and the exit status is 2.
+    """
+    from .merge import merge_stores
+
+    result = merge_stores(out, list(stores))
+    for s in result.sources:
+        click.echo(
+            f"{s.source}: {s.runs} runs, {s.trials_added} trials added, "
+            f"{s.trials_present} already in {out}"
+        )
+    click.echo(f"{out}: {result.trials_added} trials added")
+
+
+@main.command()
 @click.option("--good", required=True, help="A version known to be unaffected (in --versions).")
 @click.option("--bad", required=True, help="A version known to be affected (in --versions).")
 @click.option(
