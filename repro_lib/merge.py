@@ -142,8 +142,13 @@ def merged_view(stores: Sequence[str | Path]) -> Iterator[Path]:
 def _read(path: Path, label: str) -> _Source:
     if not path.is_file():
         raise UsageError(f"no results store at {label}", hint="check the path of each store")
+    # A store nobody writes has no -wal file: open it immutable so reading leaves
+    # no -wal/-shm files beside it (a shipped dataset, a downloaded artifact).
+    # With a -wal file (a live or crashed writer) its recent trials are there.
+    wal = path.with_name(path.name + "-wal")
+    mode = "mode=ro" if wal.exists() else "immutable=1"
     try:
-        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True)
     except sqlite3.Error as exc:
         raise UsageError(f"cannot open {label}: {exc}", hint="check the file") from None
     try:

@@ -60,8 +60,9 @@ CREATE INDEX IF NOT EXISTS trials_by_sweep ON trials(sweep_id, cell);
 """
 
 
-#: ``PRAGMA user_version`` of the layout above; stores at 0 predate versioning and
-#: are upgraded in place by adding the columns they lack (see ``_add_missing_columns``)
+#: ``PRAGMA user_version`` of the layout above. Stores at 0 predate versioning;
+#: they gain the newer runs columns (and this version) when a sweep first tags a
+#: run in them, never by being read: reading must not change a shipped dataset.
 SCHEMA_VERSION = 1
 #: runs columns added after the first release, with their SQL types
 RUN_COLUMNS_ADDED = {"shard": "TEXT", "plan_digest": "TEXT"}
@@ -78,12 +79,15 @@ class Store:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists() or self.path.stat().st_size == 0
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
+            if new:
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise UsageError(
                 f"cannot open results store {self.path}: {exc}",
@@ -102,6 +106,9 @@ class Store:
             if column not in have:
                 sql_type = _SQL_TYPES.get(column, "TEXT").replace(" NOT NULL", "")
                 self._db.execute(f"ALTER TABLE trials ADD COLUMN {column} {sql_type}")
+
+    def _upgrade_runs(self) -> None:
+        """Give an older store the runs columns of this version, before writing them."""
         have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
         for column, sql_type in RUN_COLUMNS_ADDED.items():
             if column not in have:
@@ -141,6 +148,7 @@ class Store:
 
     def tag_run(self, run_id: str, *, shard: str | None, plan_digest: str | None) -> None:
         """Mark a sweep cell's run with its shard and plan, so a merge can check both."""
+        self._upgrade_runs()
         self._db.execute(
             "UPDATE runs SET shard = ?, plan_digest = ? WHERE run_id = ?",
             (shard, plan_digest, run_id),

@@ -243,3 +243,27 @@ def test_merge_needs_a_store_and_refuses_to_merge_out_into_itself(sample, tmp_pa
     assert proc.returncode == 2  # click: missing argument
     proc = run_cli("merge", str(sample), str(sample), home=tmp_path)
     assert proc.returncode == 2 and "is OUT itself" in proc.stderr
+
+
+def test_reading_or_merging_an_old_store_leaves_it_as_it_was(sample, tmp_path):
+    """The shipped sample predates the shard columns: analysis must not rewrite it."""
+    before = sample.read_bytes()
+    load_results(sample)
+    write_report(sample, tmp_path / "report")
+    merge_stores(tmp_path / "out.sqlite", [sample])
+    assert sample.read_bytes() == before
+    assert sorted(p.name for p in sample.parent.glob("sample.sqlite*")) == ["sample.sqlite"]
+
+
+def test_an_old_store_gains_the_shard_columns_when_a_sweep_tags_a_run(sample):
+    assert _sql(sample, "PRAGMA user_version") == [(0,)]
+    before = _sql(sample, "SELECT * FROM runs ORDER BY run_id")
+    run_id = before[0][0]
+    with Store(sample) as store:
+        assert store.run(run_id).get("shard") is None
+        store.tag_run(run_id, shard="1/2", plan_digest="abc")
+        assert store.run(run_id)["shard"] == "1/2"
+    assert _sql(sample, "PRAGMA user_version") == [(1,)]
+    after = _sql(sample, "SELECT * FROM runs ORDER BY run_id")
+    assert [row[:-2] for row in after] == before
+    assert [row[-2:] for row in after] == [("1/2", "abc")] + [(None, None)] * (len(before) - 1)
