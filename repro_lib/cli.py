@@ -623,6 +623,19 @@ def _print_cells(outcome: Any, as_json: bool) -> None:
     default=None,
     help="Run cells on a Dask cluster of Docker hosts: a scheduler address (tcp://HOST:8786, tls://…) or `local` (a LocalCluster, one worker per lane). Needs repro-lib[cluster].",
 )
+@click.option(
+    "--shard",
+    "shard_text",
+    default=None,
+    metavar="K/N",
+    help="Run only the K-th of N deterministic parts of the cells (a CI matrix job); merge the stores with `repro-lib merge`.",
+)
+@click.option(
+    "--sweep-id",
+    "sweep_id",
+    default=None,
+    help="Id of the sweep (shards of one sweep share it). Default: new per run; with --shard, derived from the plan.",
+)
 @batch_options
 @handle_errors
 def sweep(
@@ -639,6 +652,8 @@ def sweep(
     resume_id,
     replicates,
     cluster,
+    shard_text,
+    sweep_id,
     **kwargs: Any,
 ) -> None:
     """Run every cell of a grid of versions × cache versions × reset frequencies × caches × modes.
@@ -647,12 +662,23 @@ def sweep(
     layer, 1 a missing layer was seen, 2 usage or environment error, 130 interrupted.
     """
     from .config import Paths
+    from .shard import check_sweep_id, parse_shard, shard_to_resume, sweep_id_for
+    from .store import Store
     from .sweep import resume_plan, run_sweep
 
     paths = Paths.from_env()
     store_path = kwargs["store_path"] or paths.store
+    shard = parse_shard(shard_text) if shard_text is not None else None
+    if sweep_id is not None:
+        check_sweep_id(sweep_id)
+    if resume_id and sweep_id and sweep_id != resume_id:
+        raise UsageError("--resume already names the sweep", hint="drop --sweep-id")
     if resume_id:
         plan, command = resume_plan(store_path, resume_id)
+        with Store(store_path) as store:
+            recorded = [r.get("shard") for r in store.runs(resume_id)]
+            recorded.append((store.sweep(resume_id) or {}).get("plan", {}).get("shard"))
+        shard = shard_to_resume(resume_id, recorded, shard)
         if lanes:
             plan.lanes = lanes
     else:
@@ -672,18 +698,44 @@ def sweep(
         }
         plan = _sweep_plan(kwargs, plan_file, axes)
         command = shlex.join(["repro-lib", *sys.argv[1:]])
+        if sweep_id is None and shard is not None:
+            sweep_id = sweep_id_for(plan)  # every shard of this plan gets the same id
     client = _client(kwargs["engine_host"]) if _needs_local_engine(cluster, plan.backend) else None
     outcome = run_sweep(
         client,
         plan,
-        sweep_id=resume_id,
+        sweep_id=resume_id or sweep_id,
         store_path=store_path,
         paths=paths,
         command=command,
+        shard=shard,
         cluster=cluster,
     )
     _print_cells(outcome, kwargs["as_json"])
     sys.exit(EXIT_MISSING_LAYER if outcome.failures else 0)
+
+
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("stores", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@handle_errors
+def merge(out: str, stores: tuple[str, ...]) -> None:
+    """Merge results STORES (shards, other machines) into OUT, without loss or double counting.
+
+    Copies runs, trials, sweeps and any other table, and records in OUT's
+    provenance table which file each run came from. Merging a store again adds
+    nothing. When two stores hold one trial with different content, or shards of
+    one sweep ran different plans, nothing is written and the exit status is 2.
+    """
+    from .merge import merge_stores
+
+    result = merge_stores(out, list(stores))
+    for s in result.sources:
+        click.echo(
+            f"{s.source}: {s.runs} runs, {s.trials_added} trials added, "
+            f"{s.trials_present} already in {out}"
+        )
+    click.echo(f"{out}: {result.trials_added} trials added")
 
 
 @main.command()

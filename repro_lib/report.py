@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from itertools import combinations
@@ -54,7 +54,7 @@ _FIGURES = (
 
 
 def write_report(
-    store_or_df: str | Path | Store | pd.DataFrame | None,
+    store_or_df: str | Path | Store | pd.DataFrame | Sequence[str | Path] | None,
     out_dir: str | Path,
     *,
     sweep: str | None = None,
@@ -65,8 +65,10 @@ def write_report(
 
     Parameters
     ----------
-    store_or_df : path, Store, DataFrame or None
-        Where the trials come from; None means the project's default store.
+    store_or_df : path, Store, DataFrame, list of paths or None
+        Where the trials come from; None means the project's default store. A
+        list of stores is merged first (``repro_lib.merge``, same checks as
+        ``repro-lib merge``).
         With a DataFrame the ``runs`` table is unknown, so the reproducing
         command is only shown when ``command`` is given.
     out_dir : path
@@ -87,6 +89,24 @@ def write_report(
     UsageError
         The store file does not exist.
     """
+    if isinstance(store_or_df, (list, tuple)):
+        from .merge import merged_view
+
+        label = ", ".join(f"`{Path(p).name}`" for p in store_or_df)
+        with merged_view(store_or_df) as merged:
+            return _write(merged, out_dir, sweep, run, command, label=f"the merged stores {label}")
+    return _write(store_or_df, out_dir, sweep, run, command)
+
+
+def _write(
+    store_or_df: str | Path | Store | pd.DataFrame | None,
+    out_dir: str | Path,
+    sweep: str | None,
+    run: str | None,
+    command: str | None,
+    *,
+    label: str | None = None,
+) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
@@ -111,6 +131,7 @@ def write_report(
         run_dirs = Paths.from_env().runs
     if command is None:
         command = default_command(runs)
+    source = label or source
 
     raw_rows(df).to_csv(out / "trials.csv", index=False)
     text = _render(df, out, sweep=sweep, run=run, command=command, runs=runs, source=source)

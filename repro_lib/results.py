@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def default_store(paths: Paths | None = None) -> Path:
 
 
 def load_results(
-    store: str | Path | Store | None = None,
+    store: str | Path | Store | Sequence[str | Path] | None = None,
     *,
     sweep: str | Iterable[str] | None = None,
     run: str | Iterable[str] | None = None,
@@ -104,10 +104,13 @@ def load_results(
 
     Parameters
     ----------
-    store : str, Path, Store or None
+    store : str, Path, Store, list of paths, or None
         A store file, an open ``Store``, or None for the project's default
         store (``Paths.from_env().store``; it does not fall back to the sample
         store, see ``default_store``). A ``Store`` passed in is left open.
+        A list of store files (e.g. the shards of a CI matrix) is merged in
+        memory by ``repro_lib.merge`` with the same checks as ``repro-lib
+        merge``, so a trial is never counted twice.
     sweep, run, version, backend : str or list of str, optional
         Keep only rows whose ``sweep_id`` / ``run_id`` / ``version`` /
         ``backend`` is one of the given values.
@@ -124,8 +127,21 @@ def load_results(
     Raises
     ------
     UsageError
-        The store file does not exist or cannot be read.
+        The store file does not exist or cannot be read, or (for a list) two
+        stores disagree about one trial.
     """
+    if isinstance(store, (list, tuple)):
+        from .merge import merged_view
+
+        with merged_view(store) as merged:
+            return load_results(
+                merged,
+                sweep=sweep,
+                run=run,
+                version=version,
+                backend=backend,
+                include_no_cache=include_no_cache,
+            )
     if isinstance(store, Store):
         raw = _with_batches(store.dataframe(), store.batches_frame())
     else:

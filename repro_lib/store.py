@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at TEXT,
     status TEXT NOT NULL,
     params TEXT NOT NULL,
-    summary TEXT
+    summary TEXT,
+    shard TEXT,
+    plan_digest TEXT
 );
 CREATE TABLE IF NOT EXISTS trials (
     {", ".join(f"{c} {_SQL_TYPES.get(c, 'TEXT')}" for c in TRIAL_COLUMNS)},
@@ -76,6 +78,14 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 
 
+#: ``PRAGMA user_version`` of the layout above. Stores at 0 predate versioning;
+#: they gain the newer runs columns (and this version) when a sweep first tags a
+#: run in them, never by being read: reading must not change a shipped dataset.
+SCHEMA_VERSION = 1
+#: runs columns added after the first release, with their SQL types
+RUN_COLUMNS_ADDED = {"shard": "TEXT", "plan_digest": "TEXT"}
+
+
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -96,19 +106,31 @@ class Store:
         self.read_only = read_only
         try:
             if read_only:
+                if not self.path.is_file():
+                    raise UsageError(f"no results store at {self.path}", hint="pass --store")
+                # nobody writes a store without a -wal file: open it immutable so that
+                # reading leaves no -wal/-shm beside it; a live store is read as it is
+                live = Path(f"{self.path}-wal").exists()
+                mode = "mode=ro" if live else "immutable=1"
                 self._db = sqlite3.connect(
-                    f"file:{self.path}?mode=ro", uri=True, timeout=30, isolation_level=None
+                    f"{self.path.resolve().as_uri()}?{mode}",
+                    uri=True,
+                    timeout=30,
+                    isolation_level=None,
                 )
                 self._db.row_factory = sqlite3.Row
                 self._db.execute("SELECT 1 FROM trials LIMIT 1")
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists() or self.path.stat().st_size == 0
             self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
+            if new:
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise UsageError(
                 f"cannot open results store {self.path}: {exc}",
@@ -127,6 +149,15 @@ class Store:
             if column not in have:
                 sql_type = _SQL_TYPES.get(column, "TEXT").replace(" NOT NULL", "")
                 self._db.execute(f"ALTER TABLE trials ADD COLUMN {column} {sql_type}")
+
+    def _upgrade_runs(self) -> None:
+        """Give an older store the runs columns of this version, before writing them."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for column, sql_type in RUN_COLUMNS_ADDED.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {sql_type}")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -156,6 +187,14 @@ class Store:
         self._db.execute(
             "UPDATE runs SET status = ?, finished_at = ?, summary = ? WHERE run_id = ?",
             (status, utcnow(), json.dumps(summary, default=str) if summary else None, run_id),
+        )
+
+    def tag_run(self, run_id: str, *, shard: str | None, plan_digest: str | None) -> None:
+        """Mark a sweep cell's run with its shard and plan, so a merge can check both."""
+        self._upgrade_runs()
+        self._db.execute(
+            "UPDATE runs SET shard = ?, plan_digest = ? WHERE run_id = ?",
+            (shard, plan_digest, run_id),
         )
 
     def run(self, run_id: str) -> dict[str, Any] | None:

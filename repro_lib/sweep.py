@@ -29,6 +29,7 @@ from .config import Paths
 from .errors import UsageError
 from .records import Outcome, TrialRecord, evidence
 from .scenario import load_scenario
+from .shard import format_shard, plan_digest, shard_cells
 from .store import Store
 
 AXES = ("versions", "cache_versions", "reset_freq", "cache", "mode")
@@ -328,6 +329,7 @@ def run_sweep(
     command: str = "",
     on_cell_done: Callable[[CellResult], None] | None = None,
     cluster: Any = None,
+    shard: tuple[int, int] | None = None,
 ) -> SweepOutcome:
     """Run (or resume) every cell of ``plan``; trials already recorded are never rerun.
 
@@ -336,6 +338,9 @@ def run_sweep(
         cluster: None for local lanes; ``"local"`` for a Dask ``LocalCluster`` of
             one worker per lane; a scheduler address (``tcp://…``, ``tls://…``) or a
             ``distributed.Client`` to run cells on a Dask cluster of Docker hosts.
+        shard: ``(k, n)`` runs only the k-th of n parts of the cells (see
+            :mod:`repro_lib.shard`); the run ids stay those of the whole plan, so the
+            shards' stores merge back into one sweep when they share ``sweep_id``.
 
     Raises:
         ReproError: a usage or environment problem that stops the whole sweep.
@@ -346,13 +351,27 @@ def run_sweep(
     paths = paths or Paths.from_env()
     store_path = Path(store_path or paths.store)
     sweep_id = sweep_id or new_sweep_id()
-    cells = plan.cells()
+    cells = shard_cells(plan, shard)
+    digest = plan_digest(plan)
+    shard_text = format_shard(shard) if shard else None
+    # shards of one sweep may run side by side on one machine: their registries,
+    # lane engines and scratch directories must not share a label
+    session_id = sweep_id if shard is None else f"{sweep_id}-s{shard[0]}of{shard[1]}"
     scenario = load_scenario(plan.batch.get("scenario"), base_image=plan.batch.get("base_image"))
     rule = stop_rule(plan)
     executor = make_executor(client, plan, cluster, paths=paths)
     try:
         with Store(store_path) as store:
-            store.start_sweep(sweep_id, {**plan.as_dict(), "command": command})
+            recorded = store.sweep(sweep_id)
+            if recorded is not None and plan_digest(recorded["plan"]) != digest:
+                raise UsageError(
+                    f"sweep {sweep_id} in {store_path} was recorded with another plan",
+                    hint="pass a new --sweep-id, or --resume it to continue that plan",
+                )
+            store.start_sweep(
+                sweep_id,
+                {**plan.as_dict(), "command": command, "plan_digest": digest, "shard": shard_text},
+            )
             store.set_sweep_status(sweep_id, "running")
             executor.gather(sweep_id, store)
             done_before = {c.index: store.trials(c.run_id(sweep_id)) for c in cells}
@@ -369,6 +388,8 @@ def run_sweep(
             images=(images if plan.backend == "container" else [])
             + [plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE)]
             + scenario.base_images(),
+            session_id=session_id,
+            tags=(shard_text, digest),
         )
         executor.prepare(job)
         bar = SweepProgress(
@@ -391,7 +412,7 @@ def run_sweep(
                 store.set_sweep_status(sweep_id, status)
     finally:
         executor.close()
-    outcome = summarize(store_path, sweep_id, plan)
+    outcome = summarize(store_path, sweep_id, plan, shard=shard)
     if on_cell_done:
         for c in outcome.cells:
             on_cell_done(c)
@@ -428,12 +449,15 @@ def _needs_work(cell: Cell, records: list[TrialRecord], plan: Plan, rule: Any) -
     return not (rule is not None and records and rule(records).stop)
 
 
-def summarize(store_path: str | Path, sweep_id: str, plan: Plan) -> SweepOutcome:
-    """One row per cell: counts, rate, interval, tries to verdict, why it stopped."""
+def summarize(
+    store_path: str | Path, sweep_id: str, plan: Plan, *, shard: tuple[int, int] | None = None
+) -> SweepOutcome:
+    """One row per cell (of ``shard`` only, when given): counts, rate, interval,
+    tries to verdict, why it stopped."""
     rows = []
     with Store(store_path) as store:
         status = (store.sweep(sweep_id) or {}).get("status", "unknown")
-        for cell in plan.cells():
+        for cell in shard_cells(plan, shard):
             run_id = cell.run_id(sweep_id)
             records = store.trials(run_id)
             run = store.run(run_id) or {}

@@ -285,3 +285,45 @@ def test_analysis_notebook_defaults_to_the_project_store(kernel, lab_store, tmp_
     paths.store.write_bytes(lab_store.read_bytes())
     nb = run_notebook(NOTEBOOKS / "03-analysis.ipynb", {}, tmp_path)
     assert f"6 trials from {paths.store}" in text_of(nb)
+
+
+# 03 and 04: a list of stores (e.g. CI shards) -------------------------------------
+def _split_sample(sample_store: Path, tmp_path: Path) -> list[Path]:
+    """Two copies of the sample store holding overlapping halves of its runs."""
+    import contextlib
+    import shutil
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(sample_store)) as db:
+        runs = [r[0] for r in db.execute("SELECT run_id FROM runs ORDER BY run_id")]
+    halves = []
+    for name, keep in (("half-a.sqlite", runs[:4]), ("half-b.sqlite", runs[3:])):
+        path = tmp_path / name
+        shutil.copyfile(sample_store, path)
+        marks = ",".join("?" for _ in keep)
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute(f"DELETE FROM trials WHERE run_id NOT IN ({marks})", keep)
+            db.execute(f"DELETE FROM runs WHERE run_id NOT IN ({marks})", keep)
+            db.commit()
+        halves.append(path)
+    return halves
+
+
+def test_analysis_notebook_on_a_list_of_stores(kernel, sample_store, tmp_path):
+    stores = [str(p) for p in _split_sample(sample_store, tmp_path)]
+    nb = run_notebook(NOTEBOOKS / "03-analysis.ipynb", {"STORE": stores}, tmp_path)
+    assert f"{len(load_results(sample_store))} trials from {stores}" in text_of(nb)
+    merged = (Paths(tmp_path).processed / "rates_by_cell.csv").read_text()
+    _check_analysis(sample_store, tmp_path)  # the whole sample, for comparison
+    assert (Paths(tmp_path).processed / "rates_by_cell.csv").read_text() == merged
+
+
+def test_report_notebook_on_a_list_of_stores(kernel, sample_store, tmp_path):
+    stores = [str(p) for p in _split_sample(sample_store, tmp_path)]
+    out = tmp_path / "report-out"
+    run_notebook(NOTEBOOKS / "04-report.ipynb", {"STORE": stores, "OUT": str(out)}, tmp_path)
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "`half-a.sqlite`, `half-b.sqlite`" in text
+    assert len((out / "trials.csv").read_text().strip().splitlines()) == 1 + len(
+        load_results(sample_store)
+    )

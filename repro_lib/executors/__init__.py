@@ -15,6 +15,7 @@ Both run a cell with :func:`run_cell`, so a cell means the same thing everywhere
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,11 @@ class SweepJob:
     paths: Paths
     command: str = ""
     images: list[str] = field(default_factory=list)  # every image a host needs
+    session_id: str = ""  # labels the registries and scratch (shards of one sweep differ)
+    tags: tuple[str | None, str] = (None, "")  # (shard, plan digest) recorded on each run
+
+    def __post_init__(self) -> None:
+        self.session_id = self.session_id or self.sweep_id
 
 
 class Executor(Protocol):
@@ -102,6 +108,7 @@ def run_cell(
     stop_requested: Callable[[], bool],
     command: str = "",
     attempt: int = 1,
+    tags: tuple[str | None, str] = (None, ""),
 ) -> BatchSummary:
     """One cell as one batch, stopping early when ``rule`` is decisive.
 
@@ -127,20 +134,29 @@ def run_cell(
             decision["reason"] = verdict.reason
         return verdict.stop
 
+    def tag(_phase: str = "") -> None:
+        # the runs row exists once run_batch has started the run
+        store.tag_run(run_id, shard=tags[0], plan_digest=tags[1] or None)
+
     reporter.started(cell.key(), len(prior), plan.tries)
-    summary = run_batch(
-        session,
-        plan.batch_options(cell, command),
-        store,
-        run_id=run_id,
-        lane=lane,
-        sweep_id=sweep_id,
-        cell=cell.key(),
-        should_stop=should_stop,
-        client=client,
-        on_record=reporter.record,
-        attempt=attempt,
-    )
+    try:
+        summary = run_batch(
+            session,
+            plan.batch_options(cell, command),
+            store,
+            run_id=run_id,
+            lane=lane,
+            sweep_id=sweep_id,
+            cell=cell.key(),
+            should_stop=should_stop,
+            client=client,
+            on_record=reporter.record,
+            on_phase=tag,
+            attempt=attempt,
+        )
+    finally:
+        with contextlib.suppress(Exception):  # the store may be what failed
+            tag()
     if decision.get("reason") and decision["reason"] != "interrupted":
         store.finish_run(run_id, "done", {**summary.as_dict(), "stopped": decision["reason"]})
         reporter.skipped(plan.tries - len(store.trial_numbers(run_id)))

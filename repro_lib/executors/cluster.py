@@ -204,7 +204,9 @@ class DaskExecutor:
                 "plan": job.plan.as_dict(),
                 "cell": asdict(cell),
                 "sweep_id": job.sweep_id,
+                "session_id": job.session_id,
                 "command": job.command,
+                "tags": list(job.tags),
             }
             future = self.dask.submit(
                 run_cell_task, spec, key=f"{tag}-{run_id}", resources=resources, pure=False
@@ -238,7 +240,7 @@ class DaskExecutor:
             raise
         finally:
             with contextlib.suppress(Exception):
-                self.dask.run(close_sessions, job.sweep_id)
+                self.dask.run(close_sessions, job.session_id)
             for v in variables:
                 with contextlib.suppress(Exception):
                     v.delete()
@@ -335,6 +337,8 @@ def _drain(queue: Any, store: Store, lines: _Lines) -> None:
         elif kind == "finish":
             store.finish_run(event["run_id"], event["status"], event["summary"])
             lines.release(event["run_id"])
+        elif kind == "tag":
+            store.tag_run(event["run_id"], shard=event["shard"], plan_digest=event["plan_digest"])
         elif kind == "started":
             lines.progress.lane(
                 lines.line(event["run_id"]),
@@ -422,7 +426,8 @@ def _session(spec: dict[str, Any], plan: Any, paths: Paths) -> Any:
     from ..scenario import load_scenario
 
     client = lab.connect()
-    key = (spec["sweep_id"], lab.engine_host_of(client))
+    session_id = spec.get("session_id") or spec["sweep_id"]
+    key = (session_id, lab.engine_host_of(client))
     with _SESSIONS_LOCK:
         if key not in _SESSIONS:
             scenario = load_scenario(
@@ -434,7 +439,7 @@ def _session(spec: dict[str, Any], plan: Any, paths: Paths) -> Any:
                     lab.ensure_image(client, image, offline=offline)
             session = LabSession(
                 client,
-                spec["sweep_id"],
+                session_id,
                 paths=paths,
                 offline=offline,
                 registry_image=plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE),
@@ -482,6 +487,12 @@ class _StreamingStore:
 
     def trial_numbers(self, run_id: str) -> set[int]:
         return self.local.trial_numbers(run_id) | {d.trial for d in self.done}
+
+    def tag_run(self, run_id: str, *, shard: str | None, plan_digest: str | None) -> None:
+        self.local.tag_run(run_id, shard=shard, plan_digest=plan_digest)
+        self.queue.put(
+            {"kind": "tag", "run_id": run_id, "shard": shard, "plan_digest": plan_digest}
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)
@@ -561,5 +572,6 @@ def run_cell_task(spec: dict[str, Any]) -> dict[str, Any]:
                 stop_requested=stop.is_set,
                 command=spec.get("command", ""),
                 attempt=attempt,
+                tags=tuple(spec.get("tags") or (None, "")),
             )
     return {"run_id": run_id, "host": lab.host_name(), "attempt": attempt, "tries": summary.tries}

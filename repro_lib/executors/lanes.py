@@ -126,7 +126,7 @@ class LocalLanes:
             session = stack.enter_context(
                 LabSession(
                     self.client,
-                    job.sweep_id,
+                    job.session_id,
                     paths=job.paths,
                     offline=bool(plan.batch.get("offline")),
                     registry_image=plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE),
@@ -136,7 +136,9 @@ class LocalLanes:
             )
             if plan.backend != "container" and lanes > 1:
                 engines = stack.enter_context(
-                    LaneEngines(self.client, job.paths, job.sweep_id, lanes, scenario.base_images())
+                    LaneEngines(
+                        self.client, job.paths, job.session_id, lanes, scenario.base_images()
+                    )
                 )
                 lane_clients = list(engines.clients)
             else:
@@ -170,6 +172,7 @@ class LocalLanes:
                                 reporter=_LaneReporter(progress, lane),
                                 stop_requested=stop_event.is_set,
                                 command=job.command,
+                                tags=job.tags,
                             )
                 except BaseException as exc:  # surfaced by the main thread
                     errors.append(exc)
