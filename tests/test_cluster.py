@@ -138,11 +138,16 @@ def cluster(host_engines, tmp_path):
 
 
 def _rows(store: Path) -> list[tuple]:
-    with contextlib.closing(sqlite3.connect(store)) as db:
-        return db.execute(
-            "SELECT run_id, trial, host, attempt, outcome, started_at FROM trials"
-            " ORDER BY run_id, trial"
-        ).fetchall()
+    with contextlib.closing(sqlite3.connect(store, timeout=30)) as db:
+        try:
+            return db.execute(
+                "SELECT run_id, trial, host, attempt, outcome, started_at FROM trials"
+                " ORDER BY run_id, trial"
+            ).fetchall()
+        except sqlite3.OperationalError as exc:  # polled while its writer creates it
+            if "no such table" in str(exc):
+                return []
+            raise
 
 
 def _controlled_engine_args() -> list[str]:
