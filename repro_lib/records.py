@@ -57,7 +57,7 @@ class TrialRecord:
     kernel: str = ""
     package_version: str = ""
     detail: str = ""  # error summary or verification evidence
-    log_path: str = ""
+    log_path: str = ""  # relative to the run directory (stores travel between machines)
     buildkit_version: str = ""  # for the engine backend: the BuildKit the engine vendors
     privileged: bool = False  # whether the BuildKit container ran --privileged
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the try

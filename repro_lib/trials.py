@@ -175,7 +175,7 @@ def run_trials(
             missing=missing,
             detail=detail,
             output=output,
-            log_path=str(log_path),
+            log_path=str(log_path.relative_to(env.work_dir)),  # stores travel: relative
             loss=loss,
             evidence_path=bundle,
             **extra,
