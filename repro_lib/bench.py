@@ -88,6 +88,7 @@ class BenchRow:
     ceiling_fraction: float | None = None
     batches: int = 0
     batches_agree_p: float | None = None  # heterogeneity of failure rates across its batches
+    cpu_split: dict[str, float] = field(default_factory=dict)  # CPU-s per try by component
 
 
 def configurations(backend: str, lanes: int, cluster: str | None = None) -> list[BenchConfig]:
@@ -154,7 +155,8 @@ def run_bench(
         )
         with _cluster_client(config.cluster, config.lanes) as dask_client:
             # a cluster is started once and serves many sweeps: its start-up is not throughput
-            cpu_before = busy_cpu_seconds()
+            parts_before = cpu_components()
+            cpu_before = parts_before["machine"]
             started = time.monotonic()
             outcome = run_sweep(
                 client,
@@ -166,7 +168,8 @@ def run_bench(
                 cluster=dask_client,
             )
             wall = time.monotonic() - started
-            cpu = busy_cpu_seconds() - cpu_before
+            parts_after = cpu_components()
+            cpu = parts_after["machine"] - cpu_before
         with Store(store_path) as store:
             records = [r for c in plan.cells() for r in store.trials(c.run_id(outcome.sweep_id))]
         k, counted = evidence(records)
@@ -209,6 +212,7 @@ def run_bench(
             ceiling_per_minute=round(ceiling, 1) if ceiling else None,
             ceiling_fraction=round(per_minute / ceiling, 3) if ceiling else None,
             batches=len(plan.cells()),
+            cpu_split=_split(parts_before, parts_after, len(records)),
             batches_agree_p=agreement[0].pvalue if agreement else None,
         )
         if baseline is None:
@@ -221,6 +225,52 @@ def run_bench(
                 ).pvalue
         rows.append(row)
     return rows
+
+
+ENGINE_DAEMONS = ("dockerd", "containerd")
+
+
+def cpu_components() -> dict[str, float]:
+    """CPU seconds so far of the parts of a try that can be told apart from outside.
+
+    ``lab`` is this process and the children it waited for (``buildctl``, the
+    docker CLI); ``engine`` the Docker and containerd daemons; whatever else the
+    machine did (BuildKit in its containers, runc, shims, registries) is the
+    whole-machine busy time minus these two.
+    """
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    engine = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        if name in ENGINE_DAEMONS:
+            fields = text[text.rindex(")") + 2 :].split()
+            engine += (int(fields[11]) + int(fields[12])) / tick
+    return {
+        "machine": busy_cpu_seconds(),
+        "lab": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+        "engine": engine,
+    }
+
+
+def _split(before: dict[str, float], after: dict[str, float], tries: int) -> dict[str, float]:
+    """CPU seconds per try by component (see ``cpu_components``)."""
+    if not tries:
+        return {}
+    delta = {k: max(0.0, after[k] - before[k]) for k in before}
+    rest = max(0.0, delta["machine"] - delta["lab"] - delta["engine"])
+    return {
+        "lab process and its children": round(delta["lab"] / tries, 4),
+        "dockerd + containerd": round(delta["engine"] / tries, 4),
+        "containers (BuildKit, runc, registries) and the rest": round(rest / tries, 4),
+    }
 
 
 def busy_cpu_seconds() -> float:
@@ -285,6 +335,21 @@ def markdown(rows: list[BenchRow], *, header: str = "") -> str:
             lines += ["", f"Tries per minute per worker ({r.name}):", ""]
             lines += [f"- {host}: {rate:.1f}" for host, rate in r.per_host.items()]
             lines.append(f"- total: {r.per_minute:.1f}")
+    parts = [p for p in next((r.cpu_split for r in rows if r.cpu_split), {})]
+    if parts:
+        lines += [
+            "",
+            "CPU seconds per try, by component:",
+            "",
+            "| configuration | " + " | ".join(parts) + " |",
+            "|---|" + "---:|" * len(parts),
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r.name} | "
+                + " | ".join(f"{r.cpu_split.get(p, 0.0):.3f}" for p in parts)
+                + " |"
+            )
     phases = [p for p in PHASES if any(p in r.phases for r in rows)]
     if phases:
         lines += [

@@ -257,6 +257,12 @@ def test_bench_runs_on_the_engine_backend(docker_client, fixture_images, docker_
             (__import__("os").cpu_count() * 60) / r["cpu_s_per_try"], rel=0.01
         )
         assert r["batches"] >= 3 and "batches_agree_p" in r
+        assert set(r["cpu_split"]) == {
+            "lab process and its children",
+            "dockerd + containerd",
+            "containers (BuildKit, runc, registries) and the rest",
+        }
+        assert sum(r["cpu_split"].values()) == pytest.approx(r["cpu_s_per_try"], rel=0.05)
     assert "CPU-s/try" in proc.stderr and "of ceiling" in proc.stderr
     assert "× baseline" in proc.stderr and "Mean seconds per try" in proc.stderr
     assert all("build" in r["phases"] and "verify" in r["phases"] for r in rows)
