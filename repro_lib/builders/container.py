@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shlex
+import socket
 import subprocess
 import tarfile
 import time
@@ -282,8 +283,8 @@ class ContainerBackend:
             kwargs["command"] = shlex.split(profile["buildkitd_flags"])
             if self.daemon_addr:
                 # the image's own socket for `docker exec`, and loopback TCP for the host's buildctl
-                socket = ROOTLESS_SOCKET if profile["rootless"] else ROOTFUL_SOCKET
-                kwargs["command"] += ["--addr", socket, "--addr", self.daemon_addr]
+                own = ROOTLESS_SOCKET if profile["rootless"] else ROOTFUL_SOCKET
+                kwargs["command"] += ["--addr", own, "--addr", self.daemon_addr]
         else:
             kwargs["entrypoint"] = ["buildctl-daemonless.sh"]
         return kwargs
@@ -475,6 +476,12 @@ class ContainerBackend:
             if daemon.status in ("exited", "dead"):
                 raise InfraError(f"buildkitd exited: {log_tail(self._logs(daemon), 3)}")
             if self.daemon_addr:
+                # a TCP connect costs nothing; buildctl (a process per probe) only once it listens
+                host, port = self.daemon_addr.removeprefix("tcp://").rsplit(":", 1)
+                try:
+                    socket.create_connection((host, int(port)), timeout=0.5).close()
+                except OSError:
+                    return False
                 probe = subprocess.run(
                     [str(self.host_buildctl), "--addr", self.daemon_addr, "debug", "workers"],
                     capture_output=True,
@@ -487,7 +494,7 @@ class ContainerBackend:
         lab.wait_until(
             ready,
             timeout=self.startup_timeout,
-            interval=0.05,
+            interval=0.02,
             what="buildkitd",
             transient=(OSError, docker.errors.APIError),
             logs=lambda: self._logs(daemon),
