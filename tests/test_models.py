@@ -15,9 +15,14 @@ import pytest
 from scipy import stats as sps
 
 from repro_lib.stats import (
+    batch_heterogeneity,
+    batch_rate,
+    compare,
+    failure_rate,
     fit_hazard,
     hazard_trend_test,
     k_curve_fit,
+    tarone_test,
 )
 
 
@@ -217,3 +222,159 @@ def test_k_curve_goodness_of_fit_level_and_power():
     assert g.df == 3
     assert rejected / runs <= 0.10  # nominal 0.05 (approximate df); sd over 100 is 0.022
     assert detected / runs >= 0.7  # a threefold hazard at K = 8 is found most of the time
+
+
+# batches ------------------------------------------------------------------------
+def beta_binomial_batches(rng, batches, size, p, rho):
+    """Failures per batch: each batch's probability ~ Beta with mean p and intra-batch correlation rho."""
+    if rho == 0:
+        probs = np.full(batches, p)
+    else:
+        a = p * (1 - rho) / rho
+        probs = rng.beta(a, (1 - p) * (1 - rho) / rho, size=batches)
+    return rng.binomial(size, probs), np.full(batches, size)
+
+
+def as_counts(x, n, prefix="r"):
+    return {f"{prefix}{i}": (int(a), int(b)) for i, (a, b) in enumerate(zip(x, n, strict=True))}
+
+
+def batch_frame(counts, cell="c", version="v"):
+    rows = []
+    for run, (k, n) in counts.items():
+        rows += [(cell, version, run, True)] * k + [(cell, version, run, False)] * (n - k)
+    d = pd.DataFrame(rows, columns=["cell", "version_label", "run_id", "failed"])
+    return d.assign(counted=True)
+
+
+def test_tarone_hand_computed_and_related_to_pearson():
+    # p = 12/60 = 0.2; S = (4 + 25 + 9) / 0.16 = 237.5; Z = (237.5 - 60) / sqrt(2 * 3 * 20 * 19)
+    z, p = tarone_test([2, 9, 1], [20, 20, 20])
+    assert z == pytest.approx((237.5 - 60) / math.sqrt(2280), rel=1e-12)
+    assert p == pytest.approx(sps.norm.sf(z))
+    # with equal batch sizes m, S = m * X2 (Pearson's statistic of the batch table)
+    x2 = sps.chi2_contingency([[2, 18], [9, 11], [1, 19]], correction=False).statistic
+    assert z == pytest.approx((20 * x2 - 60) / math.sqrt(2 * 3 * 20 * 19), rel=1e-9)
+    assert tarone_test([0, 0], [10, 10]) == (pytest.approx(math.nan, nan_ok=True), 1.0)
+
+
+def test_batch_heterogeneity_per_cell():
+    d = pd.concat(
+        [
+            batch_frame({"r1": (2, 20), "r2": (9, 20), "r3": (1, 20)}, cell="three"),
+            batch_frame({"r4": (8, 10), "r5": (1, 6)}, cell="two"),
+            batch_frame({"r6": (0, 10), "r7": (0, 10)}, cell="clean"),
+            batch_frame({"r8": (3, 10)}, cell="one batch"),
+        ]
+    )
+    got = {h.cell: h for h in batch_heterogeneity(d)}
+    assert set(got) == {"three", "two", "clean"}
+    three = got["three"]
+    expected = sps.chi2_contingency([[2, 18], [9, 11], [1, 19]], correction=False)
+    assert (three.method, three.df) == ("chi2", 2)
+    assert three.statistic == pytest.approx(expected.statistic)
+    assert three.pvalue == pytest.approx(expected.pvalue)
+    assert three.tarone_z == pytest.approx(tarone_test([2, 9, 1], [20, 20, 20])[0])
+    assert three.disagree() and three.overdispersed() and "Tarone" in three.describe()
+    assert got["two"].method == "fisher" and got["two"].pvalue == pytest.approx(0.035, abs=1e-3)
+    assert got["clean"].method == "none" and not got["clean"].disagree()
+    assert len(three.to_frame()) == 1
+
+
+def test_over_dispersion_is_detected_in_beta_binomial_data_and_not_in_binomial_data():
+    rng = np.random.default_rng(5)
+    runs = 400
+    flagged_bb = flagged_bin = chi_bb = chi_bin = 0
+    for _ in range(runs):
+        x, n = beta_binomial_batches(rng, 10, 40, 0.2, 0.15)
+        flagged_bb += tarone_test(x, n)[1] < 0.05
+        chi_bb += sps.chi2_contingency(np.column_stack([x, n - x]), correction=False).pvalue < 0.05
+        x, n = beta_binomial_batches(rng, 10, 40, 0.2, 0.0)
+        flagged_bin += tarone_test(x, n)[1] < 0.05
+        chi_bin += sps.chi2_contingency(np.column_stack([x, n - x]), correction=False).pvalue < 0.05
+    # rho = 0.15 (design effect about 6.9): found nearly always
+    assert flagged_bb / runs >= 0.9 and chi_bb / runs >= 0.85
+    # binomial data: flagged at about the nominal 5% (sd over 400 is 0.011)
+    assert flagged_bin / runs <= 0.085 and chi_bin / runs <= 0.085
+    # and through the DataFrame API
+    x, n = beta_binomial_batches(rng, 10, 40, 0.2, 0.3)
+    (h,) = batch_heterogeneity(batch_frame(as_counts(x, n)))
+    assert h.overdispersed() and h.disagree()
+
+
+def test_batch_rate_matches_statsmodels_cluster_robust_glm():
+    import statsmodels.api as sm
+
+    counts = {"a": (2, 20), "b": (9, 20), "c": (1, 20), "d": (4, 25)}
+    r = batch_rate(counts)
+    d = batch_frame(counts)
+    fit = sm.GLM(
+        d["failed"].astype(float), np.ones((len(d), 1)), family=sm.families.Binomial()
+    ).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(d["run_id"])[0]})
+    p = 16 / 85
+    assert r.p_hat == pytest.approx(p)
+    # statsmodels' CR1 correction for one parameter is G / (G - 1), as ours
+    assert r.se / (p * (1 - p)) == pytest.approx(float(fit.bse.iloc[0]), rel=1e-6)
+    t = sps.t.ppf(0.975, 3)
+    logit = math.log(p / (1 - p))
+    assert r.ci_low == pytest.approx(expit(logit - t * fit.bse.iloc[0]), rel=1e-6)
+    assert r.ci_high == pytest.approx(expit(logit + t * fit.bse.iloc[0]), rel=1e-6)
+    assert r.method == "cluster-robust" and r.design_effect > 1
+    assert batch_rate(d).ci_low == pytest.approx(r.ci_low)  # DataFrame input, same answer
+
+
+def test_batch_rate_falls_back_to_wilson():
+    assert batch_rate({"a": (0, 20), "b": (0, 20)}).method == "wilson (no failure)"
+    one = batch_rate({"a": (3, 20)})
+    assert one.method == "wilson (one batch)" and one.ci_low == failure_rate(3, 20).ci_low
+    assert batch_rate({"a": (2, 20), "b": (2, 20)}).method == "wilson (identical batch rates)"
+
+
+def test_batch_rate_covers_the_truth_under_between_batch_variation():
+    rng = np.random.default_rng(11)
+    runs, p = 1000, 0.2
+    robust = naive = 0
+    for _ in range(runs):
+        x, n = beta_binomial_batches(rng, 8, 40, p, 0.1)
+        r = batch_rate(as_counts(x, n))
+        robust += r.ci_low <= p <= r.ci_high
+        w = failure_rate(int(x.sum()), int(n.sum()))
+        naive += w.ci_low <= p <= w.ci_high
+    # nominal 0.95; sd over 1000 data sets is 0.007: accept 0.92-0.98
+    assert 0.92 <= robust / runs <= 0.98
+    # the binomial interval ignores the batches and under-covers badly
+    assert naive / runs < 0.85
+
+
+def test_compare_uses_the_batch_test_when_both_groups_have_batches():
+    a = batch_frame({"r1": (5, 20), "r2": (9, 20), "r3": (4, 20)})
+    b = batch_frame({"r4": (1, 20), "r5": (2, 20), "r6": (0, 20)})
+    c = compare(a, b)
+    assert (c.method, c.batches1, c.batches2) == ("batch-t", 3, 3)
+    va = 3 / 2 * ((5 - 6) ** 2 + (9 - 6) ** 2 + (4 - 6) ** 2) / 60**2
+    vb = 3 / 2 * ((1 - 1) ** 2 + (2 - 1) ** 2 + (0 - 1) ** 2) / 60**2
+    t = (18 / 60 - 3 / 60) / math.sqrt(va + vb)
+    assert c.statistic == pytest.approx(t)
+    assert c.pvalue == pytest.approx(2 * sps.t.sf(t, 4))
+    assert "batch-level t test" in c.describe()
+    # one batch per group, or counts: Fisher's exact test as before
+    assert compare(batch_frame({"r1": (5, 20)}), b).method == "fisher"
+    assert compare((18, 60), (3, 60)).method == "fisher"
+
+
+def test_batch_compare_holds_its_level_where_fisher_does_not():
+    rng = np.random.default_rng(3)
+    runs, batch_rejects, fisher_rejects = 200, 0, 0
+    for _ in range(runs):
+        groups = []
+        for _g in range(2):
+            x, n = beta_binomial_batches(rng, 6, 30, 0.25, 0.15)
+            groups.append(as_counts(x, n, prefix=f"{_g}-"))
+        c = compare(batch_frame(groups[0]), batch_frame(groups[1]))
+        batch_rejects += c.pvalue < 0.05
+        k1, n1 = sum(k for k, _ in groups[0].values()), 180
+        k2, n2 = sum(k for k, _ in groups[1].values()), 180
+        fisher_rejects += compare((k1, n1), (k2, n2)).pvalue < 0.05
+    # equal means, between-batch variation: nominal 5% (sd over 200 is 0.015)
+    assert batch_rejects / runs <= 0.09
+    assert fisher_rejects / runs >= 0.15  # Fisher takes batch noise for a difference
