@@ -9,6 +9,18 @@ probability. Tries that share a BuildKit state between resets may not be
 independent (that is what ``rate_by_position`` and ``logistic_fit`` look at),
 so intervals are best read per cell, where the reset schedule is fixed.
 
+Models beyond one proportion:
+
+* hazard by position since reset: ``hazard_trend_test`` (constant hazard at
+  positions >= 2 against a trend), ``fit_hazard`` (``HazardModel``: the K-curve
+  ``r(K) = mean h(1..K)`` with a simulation band) and ``k_curve_fit`` (whether
+  the observed K-curve departs from the prediction);
+* batches (runs) as the unit of replication: ``batch_heterogeneity``
+  (homogeneity and Tarone's over-dispersion test per cell), ``batch_rate``
+  (a cluster-robust interval) and the batch-level test in ``compare``;
+* ``failure_model``: ``failed ~ version + log2(K) + position + cache + mode``
+  with odds ratios, or a message naming the term that separates the data.
+
 References
 ----------
 .. [1] Brown, L. D., Cai, T. T. and DasGupta, A. (2001). Interval estimation
@@ -25,7 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -39,17 +51,32 @@ Method = Literal["wilson", "beta"]
 _METHODS = ("wilson", "beta")
 
 __all__ = [
+    "BatchHeterogeneity",
+    "BatchRate",
     "Comparison",
+    "FailureModel",
     "FailureRate",
+    "GroupAgreement",
+    "HazardModel",
+    "KCurveFit",
     "LogisticFit",
     "StopDecision",
+    "TrendTest",
+    "batch_heterogeneity",
+    "batch_rate",
     "compare",
+    "failure_model",
     "failure_rate",
+    "fit_hazard",
     "format_pct",
+    "group_agreement",
+    "hazard_trend_test",
+    "k_curve_fit",
     "logistic_fit",
     "rate_by_position",
     "rates_by",
     "should_stop",
+    "tarone_test",
     "tries_for_upper_bound",
     "tries_needed",
     "upper_bound",
@@ -1765,3 +1792,265 @@ def batch_rate(
         "cluster-robust",
         alpha,
     )
+
+
+# a logistic model the data can support --------------------------------------------
+#: model terms: name -> (column in the model frame, categorical?)
+_MODEL_TERMS = {
+    "version": ("version_label", True),
+    "log2(K)": ("log2_reset_freq", False),
+    "position": ("since_reset", False),
+    "cache": ("cache_type", True),
+    "mode": ("mode", True),
+}
+_OR_COLUMNS = ["term", "odds_ratio", "ci_low", "ci_high", "pvalue"]
+
+
+@dataclass(frozen=True)
+class FailureModel:
+    """``failed ~ version + log2(K) + position + cache + mode``: odds ratios with intervals.
+
+    A logistic regression (maximum likelihood, ``statsmodels.formula.api.logit``)
+    of a missing layer on the BuildKit version (categorical, reference = the
+    oldest), ``log2`` of the reset frequency ``K``, the position since the last
+    reset, the cache type and the mode (categorical). Odds ratios are
+    ``exp(coefficient)`` with Wald ``1 - alpha`` intervals: for ``log2(K)`` per
+    doubling of ``K``, for ``position`` per position, for a level of a
+    categorical term against its reference level.
+
+    Attributes
+    ----------
+    formula : str
+        The formula fitted (or attempted).
+    terms : tuple of str
+        Terms in the model.
+    dropped : tuple of str
+        Terms left out, with the reason (one level in the data).
+    rows : tuple of dict
+        One per coefficient except the intercept: ``term``, ``odds_ratio``,
+        ``ci_low``, ``ci_high``, ``pvalue`` (Wald). Empty when not fitted.
+    nobs, failures : int
+        Counted tries used and how many failed.
+    versions : tuple of str
+        The affected versions used (those with at least one failure).
+    message : str
+        Empty when fitted; otherwise why not, naming the term that separates
+        the data when that is the reason.
+    separating : str or None
+        The term (e.g. ``"cache = local"``) that separates failures from clean tries.
+    alpha : float
+    summary_text : str
+        The statsmodels summary, when fitted.
+
+    Notes
+    -----
+    Assumes independent tries given the terms and effects linear on the log-odds
+    scale in ``log2(K)`` and in the position. Only affected versions are used: a
+    version that never fails separates the data by itself and carries no
+    information on the other terms. Wald intervals are poor with few failures;
+    under (quasi-)complete separation the maximum-likelihood estimate does not
+    exist and no odds ratio is reported.
+
+    References
+    ----------
+    Agresti, A. (2013). Categorical Data Analysis, 3rd ed., Wiley, ch. 5 and
+    section 6.5.1 (separation). Albert, A. and Anderson, J. A. (1984). On the
+    existence of maximum likelihood estimates in logistic regression models.
+    Biometrika 71, 1-10.
+    """
+
+    formula: str
+    terms: tuple[str, ...]
+    dropped: tuple[str, ...]
+    rows: tuple[dict[str, Any], ...]
+    nobs: int
+    failures: int
+    versions: tuple[str, ...]
+    message: str = ""
+    separating: str | None = None
+    alpha: float = 0.05
+    summary_text: str = field(default="", repr=False)
+
+    @property
+    def supported(self) -> bool:
+        return not self.message and bool(self.rows)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The odds-ratio table (empty, with its columns, when not fitted)."""
+        return pd.DataFrame(list(self.rows), columns=_OR_COLUMNS)
+
+    def describe(self) -> str:
+        if not self.supported:
+            return f"Logistic model not fitted: {self.message}"
+        dropped = f"; left out: {', '.join(self.dropped)}" if self.dropped else ""
+        return (
+            f"Logistic regression {self.formula!r} on {self.nobs} tries ({self.failures} "
+            f"failed) of {', '.join(self.versions)}{dropped}."
+        )
+
+
+def _pretty_term(name: str) -> str:
+    """``C(cache_type)[T.local]`` -> ``cache = local``; numeric terms by their model name."""
+    for label, (column, categorical) in _MODEL_TERMS.items():
+        if categorical and name.startswith(f"C({column})[T."):
+            return f"{label} = {name[len(column) + 6 : -1]}"
+        if not categorical and name == column:
+            return "log2(K) (per doubling of K)" if label == "log2(K)" else f"{label} (per step)"
+    return name
+
+
+def _separating_term(data: pd.DataFrame, terms: list[str]) -> tuple[str, str] | None:
+    """The first term that on its own separates failures from clean tries, with the evidence."""
+    y = data["failed"].astype(bool)
+    for label in terms:
+        column, categorical = _MODEL_TERMS[label]
+        if categorical:
+            for level, part in y.groupby(data[column]):
+                k, n = int(part.sum()), len(part)
+                if k == 0 or k == n:
+                    what = "none" if k == 0 else "all"
+                    return f"{label} = {level}", f"{what} of its {n} tries failed"
+        else:
+            x = data[column].astype(float)
+            fail, ok = x[y], x[~y]
+            if label == "log2(K)":
+                name, show = "K", lambda v: f"{2**v:g}"
+            else:
+                name, show = label, lambda v: f"{v:g}"
+            if fail.max() <= ok.min():
+                return label, (
+                    f"every failure at {name} ≤ {show(fail.max())}, "
+                    f"every clean try at {name} ≥ {show(ok.min())}"
+                )
+            if fail.min() >= ok.max():
+                return label, (
+                    f"every failure at {name} ≥ {show(fail.min())}, "
+                    f"every clean try at {name} ≤ {show(ok.max())}"
+                )
+    return None
+
+
+def failure_model(df: pd.DataFrame, *, alpha: float = 0.05) -> FailureModel:
+    """Fit ``failed ~ version + log2(K) + position + cache + mode`` on the affected versions.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Trials as from ``load_results``: counted tries with a reset frequency
+        and a position, of versions (``version_label``) with at least one failure.
+    alpha : float, default 0.05
+        Level of the odds ratios' Wald intervals.
+
+    Returns
+    -------
+    FailureModel
+        Always; ``supported`` is False (and ``message`` says why) when the data
+        cannot support the model: no affected version, no term left with two
+        levels, a term that separates failures from clean tries (named), or a
+        fit that does not converge.
+
+    See Also
+    --------
+    logistic_fit : the smaller ``failed ~ log2(reset_freq) [+ version]`` model.
+    """
+    from statsmodels.formula.api import logit
+    from statsmodels.tools import sm_exceptions as sme
+
+    alpha = _check_alpha(alpha)
+    d = _counted_frame(df)
+    d = d[d["reset_freq"].notna() & d["since_reset"].notna()] if len(d) else d
+    affected = sorted(
+        (str(v) for v in d.loc[d["failed"], "version_label"].dropna().unique()), key=version_key
+    )
+    empty = FailureModel("", (), (), (), 0, 0, tuple(affected), alpha=alpha)
+    if not affected:
+        return replace(empty, message="no version lost a layer, so there is nothing to model")
+    d = d[d["version_label"].isin(affected)]
+    data = pd.DataFrame(
+        {
+            "failed": d["failed"].astype(int).to_numpy(),
+            "version_label": d["version_label"].astype(str).to_numpy(),
+            "log2_reset_freq": np.log2(d["reset_freq"].astype(float).to_numpy()),
+            "since_reset": d["since_reset"].astype(float).to_numpy(),
+            "cache_type": d["cache_type"].fillna("?").astype(str).to_numpy(),
+            "mode": d["mode"].fillna("?").astype(str).to_numpy(),
+        }
+    )
+    terms, dropped = [], []
+    for label, (column, categorical) in _MODEL_TERMS.items():
+        levels = data[column].unique()
+        if len(levels) > 1:
+            terms.append(label)
+        else:
+            value = str(levels[0]) if categorical else f"{levels[0]:g}"
+            dropped.append(f"{label} (one level: {value})")
+    nobs, failures = len(data), int(data["failed"].sum())
+    base = replace(empty, terms=tuple(terms), dropped=tuple(dropped), nobs=nobs, failures=failures)
+    if not terms:
+        return replace(base, message="every term has one level in these data")
+    if failures == nobs:
+        return replace(base, message="every try failed")
+    parts = []
+    for label in terms:
+        column, categorical = _MODEL_TERMS[label]
+        if categorical and column == "version_label":
+            ref = affected[0]
+            parts.append(f"C(version_label, Treatment({ref!r}))")
+        else:
+            parts.append(f"C({column})" if categorical else column)
+    formula = "failed ~ " + " + ".join(parts)
+    base = replace(base, formula=formula)
+    problems = (
+        sme.PerfectSeparationWarning,
+        sme.ConvergenceWarning,
+        sme.HessianInversionWarning,
+        RuntimeWarning,
+    )
+    result = None
+    try:
+        with warnings.catch_warnings():
+            for category in problems:
+                warnings.simplefilter("error", category)
+            result = logit(formula, data).fit(disp=0, maxiter=200)
+    except (*problems, sme.PerfectSeparationError, np.linalg.LinAlgError, ValueError):
+        result = None
+    ok = result is not None and result.mle_retvals.get("converged", True)
+    if ok:
+        bse = np.asarray(result.bse, dtype=float)
+        ok = bool(np.all(np.isfinite(bse)) and np.all(bse < 20))
+    if not ok:
+        found = _separating_term(data, terms)
+        if found is not None:
+            term, evidence = found
+            return replace(
+                base,
+                separating=term,
+                message=(
+                    f"the term {term} separates failures from clean tries ({evidence}), so its "
+                    "odds ratio is infinite and the model has no maximum-likelihood fit; "
+                    "record tries where it varies, or analyse its levels apart"
+                ),
+            )
+        return replace(
+            base,
+            message=(
+                "no single term separates the data, but together they do (quasi-complete "
+                f"separation) or the fit did not converge, with terms {', '.join(terms)}"
+            ),
+        )
+    conf = result.conf_int(alpha)
+    rows = []
+    for name in result.params.index:
+        if name == "Intercept":
+            continue
+        label = _pretty_term(str(name).replace(f", Treatment({affected[0]!r}))", ")"))
+        rows.append(
+            {
+                "term": label,
+                "odds_ratio": float(np.exp(result.params[name])),
+                "ci_low": float(np.exp(conf.loc[name, 0])),
+                "ci_high": float(np.exp(conf.loc[name, 1])),
+                "pvalue": float(result.pvalues[name]),
+            }
+        )
+    return replace(base, rows=tuple(rows), summary_text=str(result.summary()))

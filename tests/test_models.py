@@ -18,6 +18,7 @@ from repro_lib.stats import (
     batch_heterogeneity,
     batch_rate,
     compare,
+    failure_model,
     failure_rate,
     fit_hazard,
     hazard_trend_test,
@@ -378,3 +379,116 @@ def test_batch_compare_holds_its_level_where_fisher_does_not():
     # equal means, between-batch variation: nominal 5% (sd over 200 is 0.015)
     assert batch_rejects / runs <= 0.09
     assert fisher_rejects / runs >= 0.15  # Fisher takes batch noise for a difference
+
+
+# the logistic model ------------------------------------------------------------------
+def model_frame(rows):
+    """(version, K, position, cache, mode, failed, count) -> analysis frame."""
+    out = []
+    for version, K, p, cache, mode, failed, count in rows:
+        out += [(version, K, p, cache, mode, failed)] * count
+    cols = ["version_label", "reset_freq", "since_reset", "cache_type", "mode", "failed"]
+    d = pd.DataFrame(out, columns=cols)
+    return d.assign(counted=True, failed=d["failed"].astype(bool))
+
+
+def test_failure_model_one_binary_term_is_the_sample_odds_ratio():
+    # only mode varies: the fitted odds ratio is (a d) / (b c) with Woolf's interval
+    d = model_frame(
+        [
+            ("v0.9.0", 4, 2, "registry", "daemon", True, 12),
+            ("v0.9.0", 4, 2, "registry", "daemon", False, 28),
+            ("v0.9.0", 4, 2, "registry", "daemonless", True, 5),
+            ("v0.9.0", 4, 2, "registry", "daemonless", False, 35),
+            ("v0.9.1", 4, 2, "registry", "daemon", False, 40),  # never fails: left out
+        ]
+    )
+    m = failure_model(d)
+    assert m.supported and m.versions == ("v0.9.0",) and m.nobs == 80
+    assert set(m.dropped) == {
+        "version (one level: v0.9.0)",
+        "log2(K) (one level: 2)",
+        "position (one level: 2)",
+        "cache (one level: registry)",
+    }
+    (row,) = m.to_frame().to_dict("records")
+    odds = (5 * 28) / (35 * 12)  # daemonless vs the reference daemon
+    se = math.sqrt(1 / 5 + 1 / 35 + 1 / 12 + 1 / 28)
+    assert row["term"] == "mode = daemonless"
+    assert row["odds_ratio"] == pytest.approx(odds, rel=1e-6)
+    assert row["ci_low"] == pytest.approx(odds * math.exp(-1.959964 * se), rel=1e-5)
+    assert row["ci_high"] == pytest.approx(odds * math.exp(1.959964 * se), rel=1e-5)
+
+
+def test_failure_model_recovers_known_odds_ratios():
+    rng = np.random.default_rng(21)
+    n = 6000
+    version = rng.choice(["v0.8.3", "v0.9.0"], n)
+    K = rng.choice([2, 4, 8, 16], n)
+    pos = rng.integers(1, K + 1)
+    mode = rng.choice(["daemon", "daemonless"], n)
+    eta = (
+        -1.5
+        + 0.7 * (version == "v0.9.0")
+        + 0.3 * np.log2(K)
+        - 0.1 * pos
+        - 0.5 * (mode == "daemonless")
+    )
+    failed = rng.random(n) < expit(eta)
+    d = pd.DataFrame(
+        {"version_label": version, "reset_freq": K, "since_reset": pos, "cache_type": "registry",
+         "mode": mode, "failed": failed, "counted": True}
+    )  # fmt: skip
+    m = failure_model(d)
+    table = m.to_frame().set_index("term")
+    truth = {
+        "version = v0.9.0": math.exp(0.7),
+        "log2(K) (per doubling of K)": math.exp(0.3),
+        "position (per step)": math.exp(-0.1),
+        "mode = daemonless": math.exp(-0.5),
+    }
+    assert set(table.index) == set(truth)
+    for term, value in truth.items():
+        row = table.loc[term]
+        se = (math.log(row["ci_high"]) - math.log(row["ci_low"])) / (2 * 1.959964)
+        # the truth within 3 standard errors on the log-odds scale (a 95% interval
+        # misses one term in 20 by design)
+        assert abs(math.log(row["odds_ratio"]) - math.log(value)) < 3 * se, term
+
+
+def test_failure_model_names_the_separating_term():
+    d = model_frame(
+        [
+            ("v0.9.0", 4, 2, "registry", "daemonless", True, 6),
+            ("v0.9.0", 4, 2, "registry", "daemonless", False, 14),
+            ("v0.9.0", 4, 2, "local", "daemonless", False, 20),
+        ]
+    )
+    m = failure_model(d)
+    assert not m.supported and m.to_frame().empty
+    assert m.separating == "cache = local"
+    assert "cache = local separates failures from clean tries" in m.describe()
+    assert "none of its 20 tries failed" in m.message
+    # a numeric term: failures only at K = 4, clean tries only at K <= 4
+    d = model_frame(
+        [
+            ("v0.9.0", 1, 1, "registry", "daemonless", False, 20),
+            ("v0.9.0", 4, 2, "registry", "daemonless", True, 5),
+            ("v0.9.0", 4, 2, "registry", "daemonless", False, 15),
+        ]
+    )
+    m = failure_model(d)
+    assert m.separating == "log2(K)" and "every failure at K ≥ 4" in m.message
+
+
+def test_failure_model_without_failures_or_terms():
+    clean = model_frame([("v0.9.1", 4, 2, "registry", "daemonless", False, 20)])
+    assert "no version lost a layer" in failure_model(clean).message
+    one = model_frame(
+        [
+            ("v0.9.0", 4, 2, "registry", "daemonless", True, 2),
+            ("v0.9.0", 4, 2, "registry", "daemonless", False, 8),
+        ]
+    )
+    assert failure_model(one).message == "every term has one level in these data"
+    assert failure_model(model_frame([])).message
