@@ -1367,6 +1367,8 @@ class KCurveFit:
     df : int
     pvalue : float
         NaN when ``df < 1`` (one reset frequency, or the others have no variance).
+    note : str
+        Why there is no test, when there is none.
 
     Notes
     -----
@@ -1386,6 +1388,7 @@ class KCurveFit:
     statistic: float
     df: int
     pvalue: float
+    note: str = ""
 
     @property
     def tested(self) -> bool:
@@ -1397,10 +1400,7 @@ class KCurveFit:
     def describe(self) -> str:
         ks = ", ".join(str(int(r["reset_freq"])) for r in self.table)
         if not self.tested:
-            return (
-                f"{self.version}: the hazard model's K-curve matches the observed rates at "
-                f"K = {ks} by construction or has nothing to compare (no goodness-of-fit test)"
-            )
+            return f"{self.version}: no goodness-of-fit test of the K-curve ({self.note})"
         verdict_ = "departs from" if self.pvalue < 0.05 else "is consistent with"
         return (
             f"{self.version}: the observed rate over K = {ks} {verdict_} the hazard model's "
@@ -1476,7 +1476,15 @@ def k_curve_fit(
         )
     dof = groups - 1
     if dof < 1:
-        return KCurveFit(model.version, model, tuple(rows), math.nan, max(dof, 0), math.nan)
+        if len(ks) < 2:
+            note = f"only K = {ks[0]} was run"
+        else:
+            flat = [str(r["reset_freq"]) for r in rows if r["expected"] in (0, r["tries"])]
+            note = (
+                f"at K = {', '.join(flat)} the model predicts no failure (or only failures) "
+                "exactly as observed, which leaves fewer than two values of K to compare"
+            )
+        return KCurveFit(model.version, model, tuple(rows), math.nan, 0, math.nan, note)
     return KCurveFit(model.version, model, tuple(rows), stat, dof, float(_sps.chi2.sf(stat, dof)))
 
 
