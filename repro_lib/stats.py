@@ -67,6 +67,7 @@ __all__ = [
     "compare",
     "failure_model",
     "failure_rate",
+    "findings_table",
     "fit_hazard",
     "format_pct",
     "group_agreement",
@@ -75,6 +76,7 @@ __all__ = [
     "logistic_fit",
     "rate_by_position",
     "rates_by",
+    "results_frame",
     "should_stop",
     "tarone_test",
     "tries_for_upper_bound",
@@ -785,6 +787,32 @@ def rate_by_position(
     return out
 
 
+def findings_table(
+    df: pd.DataFrame,
+    by: Sequence[str] = ("version_label", "reset_freq", "cache_type", "mode"),
+    *,
+    method: Method = "wilson",
+    alpha: float = 0.05,
+    max_rate: float = 0.01,
+) -> pd.DataFrame:
+    """The findings table: per version x K x cache x mode, ``failures/tries``, rate, interval, verdict.
+
+    A compact view of ``rates_by`` (same arguments; see there for the
+    interval and the verdict) with the counts as one ``"k/n"`` column.
+    """
+    table = rates_by(df, list(by), method=method, alpha=alpha, max_rate=max_rate)
+    counts = [f"{k}/{n}" for k, n in zip(table["failures"], table["tries"], strict=True)]
+    return table.assign(**{"failures/tries": counts})[
+        [*by, "failures/tries", "rate", "ci_low", "ci_high", "verdict"]
+    ]
+
+
+def results_frame(results: Sequence[Any]) -> pd.DataFrame:
+    """One DataFrame of the ``to_frame()`` rows of several results (empty for none)."""
+    frames = [r.to_frame() for r in results if r is not None]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 # regression ---------------------------------------------------------------
 @dataclass(frozen=True)
 class LogisticFit:
@@ -1481,8 +1509,8 @@ def k_curve_fit(
         else:
             flat = [str(r["reset_freq"]) for r in rows if r["expected"] in (0, r["tries"])]
             note = (
-                f"at K = {', '.join(flat)} the model predicts no failure (or only failures) "
-                "exactly as observed, which leaves fewer than two values of K to compare"
+                f"at K = {', '.join(flat)} the model predicts no failure, or only failures, "
+                "exactly as observed; that leaves fewer than two values of K to compare"
             )
         return KCurveFit(model.version, model, tuple(rows), math.nan, 0, math.nan, note)
     return KCurveFit(model.version, model, tuple(rows), stat, dof, float(_sps.chi2.sf(stat, dof)))
