@@ -492,7 +492,7 @@ def _odds_ratios(df: pd.DataFrame) -> list[str]:
         return []  # nothing varies among the affected versions' tries: nothing to say
     lines = ["", "### Odds ratios", ""]
     if not model.supported:
-        return [*lines, f"Logistic model not fitted: {model.message}."]
+        return [*lines, f"{model.describe()}."]
     conf = f"{100 * (1 - ALPHA):g}%"
     lines.append(
         _table(
@@ -517,7 +517,7 @@ def _odds_ratios(df: pd.DataFrame) -> list[str]:
         f"Logistic regression `{model.formula}` on the {model.nobs} counted tries of the "
         f"versions that lost a layer ({', '.join(f'`{v}`' for v in model.versions)}); "
         "odds ratios against the first level of each categorical term, per doubling of K "
-        f"and per position since reset.{dropped}",
+        f"and per position since reset.{dropped}" + (f" Note: {model.note}." if model.note else ""),
     ]
     return lines
 

@@ -1262,9 +1262,10 @@ class HazardModel:
         p = np.atleast_1d(np.asarray(positions, dtype=float))
         sims = self._draws(p, draws, seed)
         low, high = np.quantile(sims, [self.alpha / 2, 1 - self.alpha / 2], axis=0)
-        return pd.DataFrame(
-            {"position": p.astype(int), "hazard": self.hazard(p), "low": low, "high": high}
-        )
+        point = self.hazard(p)
+        # a boundary estimate (0 of n) lies outside the Jeffreys draws: keep it in the band
+        low, high = np.minimum(low, point), np.maximum(high, point)
+        return pd.DataFrame({"position": p.astype(int), "hazard": point, "low": low, "high": high})
 
     def k_curve(self, ks: Any, *, draws: int = 4000, seed: int = 0) -> pd.DataFrame:
         """Predicted rate ``r(K) = mean(h(1..K))`` with a ``1 - alpha`` simulation band.
@@ -1277,6 +1278,7 @@ class HazardModel:
         point = np.cumsum(self.hazard(positions)) / positions
         sims = np.cumsum(self._draws(positions, draws, seed), axis=1) / positions[None, :]
         low, high = np.quantile(sims, [self.alpha / 2, 1 - self.alpha / 2], axis=0)
+        low, high = np.minimum(low, point), np.maximum(high, point)
         idx = ks - 1
         return pd.DataFrame(
             {"reset_freq": ks, "rate": point[idx], "low": low[idx], "high": high[idx]}
@@ -1875,6 +1877,8 @@ class FailureModel:
     separating : str or None
         The term (e.g. ``"cache = local"``) that separates failures from clean tries.
     alpha : float
+    note : str
+        Which tries were left out and why (see ``min_position`` of ``failure_model``).
     summary_text : str
         The statsmodels summary, when fitted.
 
@@ -1905,6 +1909,7 @@ class FailureModel:
     message: str = ""
     separating: str | None = None
     alpha: float = 0.05
+    note: str = ""
     summary_text: str = field(default="", repr=False)
 
     @property
@@ -1916,12 +1921,13 @@ class FailureModel:
         return pd.DataFrame(list(self.rows), columns=_OR_COLUMNS)
 
     def describe(self) -> str:
+        note = f" ({self.note})" if self.note else ""
         if not self.supported:
-            return f"Logistic model not fitted: {self.message}"
+            return f"Logistic model not fitted: {self.message}{note}"
         dropped = f"; left out: {', '.join(self.dropped)}" if self.dropped else ""
         return (
             f"Logistic regression {self.formula!r} on {self.nobs} tries ({self.failures} "
-            f"failed) of {', '.join(self.versions)}{dropped}."
+            f"failed) of {', '.join(self.versions)}{dropped}{note}."
         )
 
 
@@ -1966,7 +1972,9 @@ def _separating_term(data: pd.DataFrame, terms: list[str]) -> tuple[str, str] | 
     return None
 
 
-def failure_model(df: pd.DataFrame, *, alpha: float = 0.05) -> FailureModel:
+def failure_model(
+    df: pd.DataFrame, *, alpha: float = 0.05, min_position: int | None = None
+) -> FailureModel:
     """Fit ``failed ~ version + log2(K) + position + cache + mode`` on the affected versions.
 
     Parameters
@@ -1976,6 +1984,13 @@ def failure_model(df: pd.DataFrame, *, alpha: float = 0.05) -> FailureModel:
         and a position, of versions (``version_label``) with at least one failure.
     alpha : float, default 0.05
         Level of the odds ratios' Wald intervals.
+    min_position : int, optional
+        Use tries at positions since reset ``>= min_position`` only. None
+        (default): 1, except when no try at position 1 failed while later ones
+        did: position 1 alone would then separate the data (and with it
+        ``K = 1``, whose cycles hold position 1 only), so the model is fitted on
+        positions ``>= 2`` and ``note`` says so. The first position's own
+        hazard is estimated by ``fit_hazard``.
 
     Returns
     -------
@@ -2002,6 +2017,22 @@ def failure_model(df: pd.DataFrame, *, alpha: float = 0.05) -> FailureModel:
     if not affected:
         return replace(empty, message="no version lost a layer, so there is nothing to model")
     d = d[d["version_label"].isin(affected)]
+    note = ""
+    if min_position is None:
+        first = d[d["since_reset"] <= 1]
+        min_position = 1
+        if (
+            len(first)
+            and not first["failed"].any()
+            and d.loc[d["since_reset"] >= 2, "failed"].any()
+        ):
+            min_position = 2
+            note = (
+                f"position 1 never failed (0 of {len(first)} tries), which alone separates the "
+                "data, so the model uses positions ≥ 2"
+            )
+    d = d[d["since_reset"] >= min_position]
+    empty = replace(empty, note=note)
     data = pd.DataFrame(
         {
             "failed": d["failed"].astype(int).to_numpy(),

@@ -477,8 +477,25 @@ def test_failure_model_names_the_separating_term():
             ("v0.9.0", 4, 2, "registry", "daemonless", False, 15),
         ]
     )
-    m = failure_model(d)
+    m = failure_model(d, min_position=1)
     assert m.separating == "log2(K)" and "every failure at K ≥ 4" in m.message
+
+
+def test_failure_model_leaves_out_a_first_position_that_never_fails():
+    rows = [("v0.9.0", 1, 1, "registry", "daemonless", False, 40)]
+    for K in (2, 4):
+        rows += [("v0.9.0", K, 1, "registry", "daemonless", False, 20)]
+        for p, k in zip(range(2, K + 1), (6, 4, 3), strict=False):
+            rows += [
+                ("v0.9.0", K, p, "registry", "daemonless", True, k),
+                ("v0.9.0", K, p, "registry", "daemonless", False, 20 - k),
+            ]
+    d = model_frame(rows)
+    m = failure_model(d)
+    assert m.supported and "position 1 never failed (0 of 80 tries)" in m.note
+    assert m.nobs == 80 and "uses positions ≥ 2" in m.describe()
+    assert set(m.to_frame()["term"]) == {"log2(K) (per doubling of K)", "position (per step)"}
+    assert failure_model(d, min_position=1).nobs == 160  # explicit: every position
 
 
 def test_failure_model_without_failures_or_terms():
