@@ -509,9 +509,7 @@ def _odds_ratios(df: pd.DataFrame) -> list[str]:
             "lrrr",
         )
     )
-    dropped = (
-        f" Left out (one level in these data): {', '.join(model.dropped)}." if model.dropped else ""
-    )
+    dropped = f" Left out: {', '.join(model.dropped)}." if model.dropped else ""
     lines += [
         "",
         f"Logistic regression `{model.formula}` on the {model.nobs} counted tries of the "
