@@ -2014,6 +2014,8 @@ def failure_model(
         (str(v) for v in d.loc[d["failed"], "version_label"].dropna().unique()), key=version_key
     )
     empty = FailureModel("", (), (), (), 0, 0, tuple(affected), alpha=alpha)
+    if d.empty:
+        return replace(empty, message="no counted try with a known reset frequency and position")
     if not affected:
         return replace(empty, message="no version lost a layer, so there is nothing to model")
     d = d[d["version_label"].isin(affected)]
