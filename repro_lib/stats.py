@@ -1132,7 +1132,8 @@ def hazard_trend_test(df: pd.DataFrame, *, start: int = 2) -> list[TrendTest]:
                     pos,
                     k,
                     n,
-                    "positions separate failures from clean tries; slope not finite",
+                    "positions separate failures from clean tries: slope not finite, statistic "
+                    "against the per-position proportions (an upper bound, p too small)",
                 )
             )
             continue

@@ -106,6 +106,18 @@ def test_trend_test_untested_cases():
     assert hazard_trend_test(trials([])) == []
 
 
+def test_trend_test_when_positions_separate_the_data():
+    d = trials(
+        [("v", 4, 2, False, 10), ("v", 4, 3, True, 5), ("v", 4, 3, False, 5), ("v", 4, 4, True, 10)]
+    )
+    (t,) = hazard_trend_test(d)
+    assert t.slope == math.inf and "separate" in t.note
+    # the statistic against the per-position proportions: 2 * (l_sat - l_0), by hand
+    l_sat = 10 * math.log(0.5)
+    l0 = 30 * math.log(0.5)
+    assert t.statistic == pytest.approx(2 * (l_sat - l0), rel=1e-9)
+
+
 def test_trend_test_recovers_a_known_slope_and_holds_its_level():
     rng = np.random.default_rng(12)
     d = simulate_cycles(rng, true_hazard, [8], 400)
