@@ -132,6 +132,12 @@ def plot_rate_vs_reset(
     labels = _series_labels(table)
     fitted = _models(d, labels, model, alpha)
     top = int(table["reset_freq"].max())
+    # every K up to 64, then a geometric grid (the x axis is log2)
+    grid = (
+        np.unique(np.rint(np.geomspace(1, top, 64)).astype(int))
+        if top > 64
+        else np.arange(1, top + 1)
+    )
     for label in labels:
         t = table[table["version_label"] == label].sort_values("reset_freq")
         bars = ax.errorbar(
@@ -144,7 +150,7 @@ def plot_rate_vs_reset(
         )
         if label in fitted:
             colour = bars.lines[0].get_color()
-            curve = fitted[label].k_curve(np.arange(1, top + 1))
+            curve = fitted[label].k_curve(grid)
             ks = curve["reset_freq"].to_numpy(float)
             ax.plot(ks, curve["rate"], linestyle="--", color=colour, label="_nolegend_")
             ax.fill_between(
