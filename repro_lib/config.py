@@ -71,6 +71,11 @@ class Paths:
         return self.raw / "trials.sqlite"
 
     @property
+    def findings_store(self) -> Path:
+        """The larger findings dataset (``data/raw/findings/``), made with the lab's commands."""
+        return self.raw / "findings" / "trials.sqlite"
+
+    @property
     def sample_store(self) -> Path:
         """The small real dataset shipped with the project (analysis without Docker)."""
         return self.raw / "sample" / "trials.sqlite"

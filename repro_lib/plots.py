@@ -18,7 +18,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .results import derive, version_key
-from .stats import Method, format_pct, rate_by_position, rates_by, tries_needed
+from .stats import (
+    Method,
+    fit_hazard,
+    format_pct,
+    rate_by_position,
+    rates_by,
+    tries_needed,
+)
 
 __all__ = [
     "plot_cumulative_detection",
@@ -80,13 +87,39 @@ def _finish_rate_axes(ax: Any, xlabel: str, title: str, alpha: float, method: st
     ax.grid(True, alpha=0.3)
 
 
+def _models(d: pd.DataFrame, labels: list[str], model: bool | None, alpha: float) -> dict:
+    """Hazard models to draw, by version label: with ``model=None`` only for versions
+    that lost a layer (a clean version's prediction is a flat zero)."""
+    if model is False:
+        return {}
+    out = {}
+    for label in labels:
+        part = d[d["version_label"] == label]
+        if model is None and not part["failed"].any():
+            continue
+        fitted = fit_hazard(part, label, alpha=alpha)
+        if fitted is not None:
+            out[label] = fitted
+    return out
+
+
 def plot_rate_vs_reset(
-    df: pd.DataFrame, *, method: Method = "wilson", alpha: float = 0.05
+    df: pd.DataFrame,
+    *,
+    method: Method = "wilson",
+    alpha: float = 0.05,
+    model: bool | None = None,
 ) -> Figure:
     """Failure probability against reset frequency, one line per version.
 
     x: tries per fresh BuildKit state (``reset_freq``, log2 axis); y: observed
     rate with its two-sided ``1 - alpha`` interval as error bars.
+
+    ``model``: draw the rate the hazard model predicts (``stats.fit_hazard``:
+    ``r(K) = mean h(1..K)``, dashed, with its ``1 - alpha`` simulation band)
+    over every ``K`` from 1 to the largest run. ``None`` (default): for each
+    version that lost a layer and whose data support a fit; ``True``: for
+    every version with a fit; ``False``: never.
     """
     title = "Missing-layer probability vs reset frequency"
     d = _counted(_prepared(df))
@@ -96,9 +129,18 @@ def plot_rate_vs_reset(
     table = rates_by(d, ["version_label", "reset_freq"], method=method, alpha=alpha)
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for label in _series_labels(table):
+    labels = _series_labels(table)
+    fitted = _models(d, labels, model, alpha)
+    top = int(table["reset_freq"].max())
+    # every K up to 64, then a geometric grid (the x axis is log2)
+    grid = (
+        np.unique(np.rint(np.geomspace(1, top, 64)).astype(int))
+        if top > 64
+        else np.arange(1, top + 1)
+    )
+    for label in labels:
         t = table[table["version_label"] == label].sort_values("reset_freq")
-        ax.errorbar(
+        bars = ax.errorbar(
             t["reset_freq"].to_numpy(float),
             t["rate"].to_numpy(float),
             yerr=_errorbars(t),
@@ -106,12 +148,30 @@ def plot_rate_vs_reset(
             capsize=3,
             label=str(label),
         )
+        if label in fitted:
+            colour = bars.lines[0].get_color()
+            curve = fitted[label].k_curve(grid)
+            ks = curve["reset_freq"].to_numpy(float)
+            ax.plot(ks, curve["rate"], linestyle="--", color=colour, label="_nolegend_")
+            ax.fill_between(
+                ks,
+                curve["low"],
+                curve["high"],
+                color=colour,
+                alpha=0.15,
+                linewidth=0,
+                label="_nolegend_",
+            )
     ax.set_xscale("log", base=2)
     freqs = sorted(table["reset_freq"].astype(int).unique())
     ax.set_xticks(freqs, [str(f) for f in freqs])
     _finish_rate_axes(
         ax, "reset frequency (tries per fresh BuildKit state, log2 scale)", title, alpha, method
     )
+    if fitted:
+        ax.set_title(
+            ax.get_title() + f"\ndashed: hazard-model prediction, band {_conf(alpha)} (simulation)"
+        )
     return fig
 
 
@@ -151,9 +211,17 @@ def plot_heatmap(df: pd.DataFrame, *, alpha: float = 0.05) -> Figure:
 
 
 def plot_rate_by_position(
-    df: pd.DataFrame, *, method: Method = "wilson", alpha: float = 0.05
+    df: pd.DataFrame,
+    *,
+    method: Method = "wilson",
+    alpha: float = 0.05,
+    model: bool | None = None,
 ) -> Figure:
-    """Failure rate by position since the last reset, one line per version."""
+    """Failure rate by position since the last reset, one line per version.
+
+    ``model`` as in ``plot_rate_vs_reset``: the fitted hazard ``h(p)``
+    (``stats.fit_hazard``) dashed, with its ``1 - alpha`` simulation band.
+    """
     title = "Missing-layer rate by position since the last reset"
     d = _counted(_prepared(df))
     d = d[d["since_reset"].notna()] if not d.empty else d
@@ -163,10 +231,11 @@ def plot_rate_by_position(
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.add_subplot()
     labels = _series_labels(table)
+    fitted = _models(d, labels, model, alpha)
     offsets = np.linspace(-0.15, 0.15, len(labels)) if len(labels) > 1 else [0.0]
     for label, offset in zip(labels, offsets, strict=True):
         t = table[table["version_label"] == label].sort_values("since_reset")
-        ax.errorbar(
+        bars = ax.errorbar(
             t["since_reset"].to_numpy(float) + offset,
             t["rate"].to_numpy(float),
             yerr=_errorbars(t),
@@ -174,12 +243,31 @@ def plot_rate_by_position(
             capsize=3,
             label=str(label),
         )
+        if label in fitted:
+            colour = bars.lines[0].get_color()
+            band = fitted[label].to_frame()
+            ps = band["position"].to_numpy(float) + offset
+            ax.plot(ps, band["hazard"], linestyle="--", color=colour, label="_nolegend_")
+            ax.fill_between(
+                ps,
+                band["low"],
+                band["high"],
+                color=colour,
+                alpha=0.15,
+                linewidth=0,
+                label="_nolegend_",
+            )
     positions = sorted(table["since_reset"].astype(int).unique())
     if len(positions) <= 20:
         ax.set_xticks(positions, [str(p) for p in positions])
     _finish_rate_axes(
         ax, "position since the last reset (1 = first try on a fresh state)", title, alpha, method
     )
+    if fitted:
+        ax.set_title(
+            ax.get_title()
+            + f"\ndashed: fitted hazard (own first position, logistic after), band {_conf(alpha)}"
+        )
     return fig
 
 

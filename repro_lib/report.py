@@ -24,9 +24,14 @@ from . import plots, stats
 from .config import Paths
 from .results import derive, filter_results, load_results, raw_rows, version_key
 from .stats import (
+    batch_heterogeneity,
+    batch_rate,
     compare,
+    failure_model,
     failure_rate,
     format_pct,
+    hazard_trend_test,
+    k_curve_fit,
     logistic_fit,
     rate_by_position,
     rates_by,
@@ -497,6 +502,42 @@ def _comparisons(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
             "The data do not support a logistic fit of the reset-frequency effect "
             "(no failures, only failures, or complete separation).",
         ]
+    lines += _odds_ratios(df)
+    return lines
+
+
+def _odds_ratios(df: pd.DataFrame) -> list[str]:
+    """The odds-ratio table of ``failure_model``, or why the data cannot support it."""
+    model = failure_model(df, alpha=ALPHA)
+    if not model.terms or not model.failures:
+        return []  # nothing varies among the affected versions' tries: nothing to say
+    lines = ["", "### Odds ratios", ""]
+    if not model.supported:
+        return [*lines, f"{model.describe()}."]
+    conf = f"{100 * (1 - ALPHA):g}%"
+    lines.append(
+        _table(
+            ["Term", "Odds ratio", f"{conf} interval", "Wald p"],
+            [
+                [
+                    r["term"],
+                    f"{r['odds_ratio']:.3g}",
+                    f"{r['ci_low']:.3g}–{r['ci_high']:.3g}",
+                    f"{r['pvalue']:.3g}",
+                ]
+                for r in model.rows
+            ],
+            "lrrr",
+        )
+    )
+    dropped = f" Left out: {', '.join(model.dropped)}." if model.dropped else ""
+    lines += [
+        "",
+        f"Logistic regression `{model.formula}` on the {model.nobs} counted tries of the "
+        f"versions that lost a layer ({', '.join(f'`{v}`' for v in model.versions)}); "
+        "odds ratios against the first level of each categorical term, per doubling of K "
+        f"and per position since reset.{dropped}" + (f" Note: {model.note}." if model.note else ""),
+    ]
     return lines
 
 
@@ -536,6 +577,61 @@ def _positions(counted: pd.DataFrame) -> list[str]:
         + ", ".join(f"`{v}`" for v in sorted(failing, key=version_key))
         + "). Position 1 is the first try on a fresh BuildKit state.",
     ]
+    lines += _hazard(counted, failing)
+    return lines
+
+
+def _hazard(counted: pd.DataFrame, failing: Any) -> list[str]:
+    """Per affected version: trend test at positions >= 2, hazard model and K-curve fit."""
+    versions = sorted((str(v) for v in failing), key=version_key)
+    d = counted[counted["version_label"].isin(versions)]
+    trends = [t for t in hazard_trend_test(d) if t.tested]
+    fits = [f for f in (k_curve_fit(d, v, alpha=ALPHA) for v in versions) if f is not None]
+    if not trends and not fits:
+        return []
+    lines = ["", "### Hazard by position and the rate at each reset frequency", ""]
+    if trends:
+        lines.append(
+            "Constant failure probability at positions ≥ 2 against a trend in the position "
+            "(likelihood-ratio test of a logistic model with and without the position):"
+        )
+        lines += [""] + [f"- {t.describe()}" for t in trends]
+    if fits:
+        lines += [
+            "",
+            "Hazard model (position 1 on its own, logistic in the position after it); the "
+            "rate at reset frequency K is predicted as the mean hazard over a cycle, "
+            "(1/K)·Σ h(p) for p = 1..K, and compared with the observed rate at each K "
+            "(Pearson chi-square over the values of K, df = number of K values − 1):",
+            "",
+        ]
+        for f in fits:
+            lines.append(f"- {f.model.describe()}")
+            lines.append(f"  - {f.describe()}.")
+        conf = f"{100 * (1 - ALPHA):g}%"
+        rows = [
+            [
+                f"`{f.version}`",
+                int(r["reset_freq"]),
+                f"{r['failures']}/{r['tries']}",
+                format_pct(r["observed"]),
+                format_pct(r["predicted"]),
+                f"{format_pct(r['low'])}–{format_pct(r['high'])}",
+            ]
+            for f in fits
+            for r in f.table
+        ]
+        lines += [
+            "",
+            _table(
+                ["Version", "K", "Failures", "Observed", "Predicted", f"{conf} band of r(K)"],
+                rows,
+                "lrrrrr",
+            ),
+            "",
+            "Predicted: the model's expected rate for the positions each cell ran; the band "
+            "is that of the full-cycle rate r(K), by simulation from the fitted coefficients.",
+        ]
     return lines
 
 
@@ -647,6 +743,30 @@ def _host_notes(df: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _batch_notes(df: pd.DataFrame) -> list[str]:
+    """Cells recorded in several batches (runs): flag those whose batches disagree."""
+    checks = batch_heterogeneity(df)
+    if not checks:
+        return []
+    split = [c for c in checks if c.disagree(ALPHA) or c.overdispersed(ALPHA)]
+    notes = []
+    for c in split:
+        part = df[(df["cell"] == c.cell) & df["counted"]]
+        robust = batch_rate(part, alpha=ALPHA)
+        notes.append(
+            f"Batches disagree in cell {c.cell} ({c.describe()}): its failure probability "
+            "varies between runs beyond binomial noise, so its binomial interval is too "
+            f"narrow; allowing for the batches: {robust.describe()}."
+        )
+    agree = len(checks) - len(split)
+    if agree:
+        notes.append(
+            f"{agree} cell(s) were recorded in several batches whose failure rates agree "
+            "(homogeneity test and Tarone's over-dispersion test, p ≥ 0.05), so they are pooled."
+        )
+    return notes
+
+
 def _notes(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     notes = []
     counts = df["outcome"].value_counts()
@@ -673,6 +793,7 @@ def _notes(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
             f"For {unknown} counted tries the backend could not tell whether the cache was used."
         )
     notes += _host_notes(df)
+    notes += _batch_notes(df)
     if len(cells) == 1:
         notes.append("Only one cell was run, so nothing is compared.")
     if not counted.empty and counted["reset_freq"].nunique() < 2:

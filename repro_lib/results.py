@@ -25,6 +25,8 @@ cell : str
 ``default_store`` names the store an analysis reads when none is given: the
 project's own store once it exists, else the small sample store shipped with
 the project (``load_results(None)`` itself always means the project's store).
+``findings_store`` does the same for the findings dataset
+(``data/raw/findings/trials.sqlite``).
 """
 
 from __future__ import annotations
@@ -89,6 +91,25 @@ def default_store(paths: Paths | None = None) -> Path:
     """
     paths = paths or Paths.from_env()
     return paths.store if paths.store.is_file() else paths.sample_store
+
+
+def findings_store(paths: Paths | None = None) -> Path:
+    """The store the findings notebook reads by default: the findings dataset if it exists,
+    else the sample store.
+
+    Parameters
+    ----------
+    paths : Paths, optional
+        The project's paths; ``Paths.from_env()`` when omitted.
+
+    Returns
+    -------
+    Path
+        ``paths.findings_store`` (``data/raw/findings/trials.sqlite``) when that
+        file exists, otherwise ``paths.sample_store``.
+    """
+    paths = paths or Paths.from_env()
+    return paths.findings_store if paths.findings_store.is_file() else paths.sample_store
 
 
 def load_results(

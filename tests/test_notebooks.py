@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from repro_lib.config import Paths
-from repro_lib.results import default_store, load_results
+from repro_lib.results import default_store, findings_store, load_results
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -94,7 +94,14 @@ def text_of(nb) -> str:
 
 # the saved notebooks ----------------------------------------------------------
 @pytest.mark.parametrize(
-    "name", ["01-reproduce.ipynb", "02-sweep.ipynb", "03-analysis.ipynb", "04-report.ipynb"]
+    "name",
+    [
+        "01-reproduce.ipynb",
+        "02-sweep.ipynb",
+        "03-analysis.ipynb",
+        "04-report.ipynb",
+        "05-findings.ipynb",
+    ],
 )
 def test_notebook_is_saved_clean_with_a_parameters_cell(name):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -112,6 +119,21 @@ def test_default_store_prefers_the_project_store(tmp_path):
     paths.store.parent.mkdir(parents=True)
     paths.store.touch()
     assert default_store(paths) == paths.store
+
+
+def test_findings_store_prefers_the_findings_dataset(tmp_path):
+    paths = Paths(tmp_path)
+    assert findings_store(paths) == paths.sample_store
+    paths.store.parent.mkdir(parents=True)
+    paths.store.touch()  # the project store is not the findings dataset
+    assert findings_store(paths) == paths.sample_store
+    paths.findings_store.parent.mkdir(parents=True)
+    paths.findings_store.touch()
+    assert (
+        findings_store(paths)
+        == paths.findings_store
+        == tmp_path / "data/raw/findings/trials.sqlite"
+    )
 
 
 # 01: a real batch ---------------------------------------------------------------
@@ -327,3 +349,30 @@ def test_report_notebook_on_a_list_of_stores(kernel, sample_store, tmp_path):
     assert len((out / "trials.csv").read_text().strip().splitlines()) == 1 + len(
         load_results(sample_store)
     )
+
+
+# 05: findings ----------------------------------------------------------------------
+def _check_findings(nb, store: Path) -> None:
+    text = text_of(nb)
+    assert str(store) in text
+    assert "failures/tries" in text  # the findings table
+    assert "likelihood-ratio chi2" in text  # the hazard trend test
+    assert "goodness-of-fit" in text or "Pearson chi2" in text  # the K-curve fit
+    assert "no cross-version cache import" in text or "<-" in text
+    assert "Logistic" in text  # the model or why it cannot be fitted
+    assert len(outputs(nb, "image/png")) >= 2
+
+
+def test_findings_notebook_on_the_sample_store(kernel, sample_store, tmp_path):
+    nb = run_notebook(NOTEBOOKS / "05-findings.ipynb", {"STORE": str(sample_store)}, tmp_path)
+    _check_findings(nb, sample_store)
+    assert "v0.8.3" in text_of(nb) and "v0.9.1" in text_of(nb)
+
+
+def test_findings_notebook_defaults_to_the_findings_dataset(kernel, sample_store, tmp_path):
+    """``STORE = None`` reads ``data/raw/findings/trials.sqlite`` under ``REPRO_LIB_HOME``."""
+    paths = Paths(tmp_path)
+    paths.findings_store.parent.mkdir(parents=True)
+    paths.findings_store.write_bytes(sample_store.read_bytes())
+    nb = run_notebook(NOTEBOOKS / "05-findings.ipynb", {}, tmp_path)
+    assert f"280 trials from {paths.findings_store}" in text_of(nb)

@@ -242,3 +242,49 @@ def test_report_flags_a_cell_whose_hosts_disagree(tmp_path):
     assert "host-a (2 CPUs): 20 trials; host-b (2 CPUs): 20 trials" in text
     assert "Hosts disagree in cell backend=container/version=v0.9.0" in text
     assert "Fisher exact p" in text
+
+
+def test_report_flags_a_cell_whose_batches_disagree(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        for run, k in (("b1", 2), ("b2", 15), ("b3", 1)):
+            fill(st, run, [("v0.9.0", 1, 1, "missing_layer", k), ("v0.9.0", 1, 1, "ok", 20 - k)])
+        for run, k in (("c1", 3), ("c2", 4)):  # a cell whose two batches agree
+            fill(st, run, [("v0.8.3", 1, 1, "missing_layer", k), ("v0.8.3", 1, 1, "ok", 20 - k)])
+    text = write_report(tmp_path / "s.sqlite", tmp_path / "report").read_text()
+    assert (
+        "Batches disagree in cell backend=container/version=v0.9.0/cache=registry/reset=1/"
+        "mode=daemonless (b1: 2/20, b2: 15/20, b3: 1/20; chi-square (df 2) p =" in text
+    )
+    assert "Tarone over-dispersion p =" in text and "cluster-robust interval" in text
+    assert "1 cell(s) were recorded in several batches whose failure rates agree" in text
+
+
+def test_report_hazard_model_goodness_of_fit_and_odds_ratios(tmp_path):
+    def cycle(version, K, hazard, cycles):
+        specs = []
+        for p in range(1, K + 1):
+            k = round(hazard[p - 1] * cycles)
+            specs += [(version, K, p, "missing_layer", k), (version, K, p, "ok", cycles - k)]
+        return specs
+
+    with Store(tmp_path / "s.sqlite") as st:
+        fill(st, "r1", cycle("v0.9.0", 2, [0.15, 0.3], 20))
+        fill(st, "r2", cycle("v0.9.0", 4, [0.15, 0.3, 0.25, 0.2], 20))
+        fill(st, "r3", cycle("v0.8.3", 2, [0.1, 0.5], 20))
+        fill(st, "r4", cycle("v0.8.3", 4, [0.1, 0.45, 0.35, 0.3], 20))
+    text = write_report(tmp_path / "s.sqlite", tmp_path / "report").read_text()
+    assert "### Hazard by position and the rate at each reset frequency" in text
+    assert "likelihood-ratio chi2 =" in text
+    assert "v0.9.0: the observed rate over K = 2, 4" in text and "df 1, p =" in text
+    assert "| `v0.9.0` | 4 | 18/80 |" in text  # 3 + 6 + 5 + 4 of 80
+    assert "### Odds ratios" in text
+    assert "| log2(K) (per doubling of K) |" in text and "| version = v0.9.0 |" in text
+    assert "| position (per step) |" in text
+
+
+def test_thin_data_has_no_model_sections(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        fill(st, "r1", [("v0.9.0", 1, 1, "missing_layer", 3), ("v0.9.0", 1, 1, "ok", 17)])
+    text = write_report(tmp_path / "s.sqlite", tmp_path / "report").read_text()
+    assert "### Odds ratios" not in text and "### Hazard" not in text
+    assert "Batches disagree" not in text
