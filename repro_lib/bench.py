@@ -335,35 +335,24 @@ def markdown(rows: list[BenchRow], *, header: str = "") -> str:
             lines += ["", f"Tries per minute per worker ({r.name}):", ""]
             lines += [f"- {host}: {rate:.1f}" for host, rate in r.per_host.items()]
             lines.append(f"- total: {r.per_minute:.1f}")
-    parts = [p for p in next((r.cpu_split for r in rows if r.cpu_split), {})]
-    if parts:
-        lines += [
-            "",
-            "CPU seconds per try, by component:",
-            "",
-            "| configuration | " + " | ".join(parts) + " |",
-            "|---|" + "---:|" * len(parts),
-        ]
-        for r in rows:
-            lines.append(
-                f"| {r.name} | "
-                + " | ".join(f"{r.cpu_split.get(p, 0.0):.3f}" for p in parts)
-                + " |"
-            )
+    parts = list(next((r.cpu_split for r in rows if r.cpu_split), {}))
+    lines += _per_try_table("CPU seconds per try, by component:", rows, parts, "cpu_split")
     phases = [p for p in PHASES if any(p in r.phases for r in rows)]
-    if phases:
-        lines += [
-            "",
-            "Mean seconds per try:",
-            "",
-            "| configuration | " + " | ".join(phases) + " |",
-            "|---|" + "---:|" * len(phases),
-        ]
-        for r in rows:
-            lines.append(
-                f"| {r.name} | " + " | ".join(f"{r.phases.get(p, 0.0):.3f}" for p in phases) + " |"
-            )
+    lines += _per_try_table("Mean seconds per try:", rows, phases, "phases")
     return "\n".join(lines)
+
+
+def _per_try_table(title: str, rows: list[BenchRow], keys: list[str], field_name: str) -> list[str]:
+    if not keys:
+        return []
+    lines = ["", title, "", "| configuration | " + " | ".join(keys) + " |"]
+    lines.append("|---|" + "---:|" * len(keys))
+    for r in rows:
+        values = getattr(r, field_name)
+        lines.append(
+            f"| {r.name} | " + " | ".join(f"{values.get(k, 0.0):.3f}" for k in keys) + " |"
+        )
+    return lines
 
 
 def as_dicts(rows: list[BenchRow]) -> list[dict[str, Any]]:

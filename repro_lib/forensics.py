@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .verify import _norm
+from .verify import _norm, member_bytes
 
 #: digests of layers known to hold nothing (a tar of two zero blocks, and its gzips)
 EMPTY_LAYER_DIGESTS = {
@@ -163,24 +163,13 @@ def reference_of(tarball: Path) -> Reference:
     return Reference("export-tree", paths=tuple(files))
 
 
-def _member(tar: tarfile.TarFile, name: str) -> bytes:
-    for candidate in (name, "./" + name):
-        try:
-            f = tar.extractfile(candidate)
-        except KeyError:
-            continue
-        if f is not None:
-            return f.read()
-    raise KeyError(name)
-
-
 def _blob(tar: tarfile.TarFile, digest: str) -> bytes:
     algo, _, hexpart = digest.partition(":")
-    return _member(tar, f"blobs/{algo}/{hexpart}")
+    return member_bytes(tar, f"blobs/{algo}/{hexpart}")
 
 
 def _oci_layers_and_history(tar: tarfile.TarFile) -> tuple[list[str], list[dict[str, Any]]]:
-    index = json.loads(_member(tar, "index.json"))
+    index = json.loads(member_bytes(tar, "index.json"))
     manifest = json.loads(_blob(tar, index["manifests"][0]["digest"]))
     if "manifests" in manifest:
         manifest = json.loads(_blob(tar, manifest["manifests"][0]["digest"]))
@@ -284,6 +273,15 @@ class CacheFacts:
     layers: list[CacheLayer] = field(default_factory=list)
     manifest_path: str = ""  # relative to the run directory
     reference: dict[str, Any] | None = None
+
+    def layer_table(self, *, short: bool = False) -> list[str]:
+        """The cache's layers as a Markdown table, empty layers marked."""
+        lines = ["| # | digest | size | media type | empty |", "|---:|---|---:|---|---|"]
+        for i, layer in enumerate(self.layers, 1):
+            digest = f"{layer.digest[:19]}…" if short else layer.digest
+            empty = {True: "**empty**", False: "", None: "?"}[layer.empty]
+            lines.append(f"| {i} | `{digest}` | {layer.size} | {layer.media_type} | {empty} |")
+        return lines
 
     @property
     def layer_count(self) -> int:
@@ -484,12 +482,7 @@ def write_bundle(
                 f"manifest `{facts.manifest_digest}`, {facts.layer_count} layers, "
                 f"{facts.empty_layers} empty"
             )
-            lines += ["", "| # | digest | size | media type | empty |", "|---:|---|---:|---|---|"]
-            for i, layer in enumerate(facts.layers, 1):
-                empty = {True: "**empty**", False: "", None: "?"}[layer.empty]
-                lines.append(
-                    f"| {i} | `{layer.digest[:19]}…` | {layer.size} | {layer.media_type} | {empty} |"
-                )
+            lines += ["", *facts.layer_table(short=True)]
     lines += ["", "## Files", ""]
     lines += [f"- `{p.name}`" for p in sorted(bundle.iterdir()) if p.name != "what-was-lost.md"]
     (bundle / "what-was-lost.md").write_text("\n".join(lines) + "\n")

@@ -690,23 +690,7 @@ def _what_was_lost(df: pd.DataFrame, batches: dict[str, Any], runs_dir: Path | N
                 f"`{facts.manifest_digest}`, {facts.layer_count} layers, "
                 f"{facts.empty_layers} of them empty."
             )
-            lines += [
-                "",
-                _table(
-                    ["#", "Digest", "Size", "Media type", "Empty"],
-                    [
-                        [
-                            i,
-                            f"`{layer.digest}`",
-                            layer.size,
-                            layer.media_type,
-                            {True: "**empty**", False: "", None: "?"}[layer.empty],
-                        ]
-                        for i, layer in enumerate(facts.layers, 1)
-                    ],
-                    "rlrll",
-                ),
-            ]
+            lines += ["", *facts.layer_table()]
     example = failed[failed["evidence_path"].fillna("").astype(str) != ""].head(1)
     if len(example) and runs_dir is not None:
         from .forensics import find_run_dir

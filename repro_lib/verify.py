@@ -135,7 +135,12 @@ def _apply_layers(layers: list[bytes], what: str) -> tuple[set[str], set[str], i
     return files, dirs, entries
 
 
-def _read_member(tar: tarfile.TarFile, name: str, what: str) -> bytes:
+def member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
+    """A file of a tar archive, named with or without a leading ``./``.
+
+    Raises:
+        KeyError: no such file in the archive.
+    """
     for candidate in (name, "./" + name):
         try:
             f = tar.extractfile(candidate)
@@ -143,7 +148,14 @@ def _read_member(tar: tarfile.TarFile, name: str, what: str) -> bytes:
             continue
         if f is not None:
             return f.read()
-    raise VerifyError(f"{what}: {name} is missing from the image archive")
+    raise KeyError(name)
+
+
+def _read_member(tar: tarfile.TarFile, name: str, what: str) -> bytes:
+    try:
+        return member_bytes(tar, name)
+    except KeyError:
+        raise VerifyError(f"{what}: {name} is missing from the image archive") from None
 
 
 def verify_tarball(path: str | Path, expected: tuple[str, ...] | list[str]) -> Verdict:
