@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .store import Store
 from .trials import TrialContext, positions_of_failures, run_trials, validate_counts
 
 DOCKER_HUB = "https://registry-1.docker.io"
+_CAPABILITY = re.compile(r"(CAP_)?[A-Za-z_]+")
 
 
 @dataclass
@@ -55,6 +57,9 @@ class BatchOptions:
     registry_image: str = lab.DEFAULT_REGISTRY_IMAGE
     privileged: bool | None = None
     security_opt: list[str] | None = None
+    cap_add: list[str] | None = None
+    cap_drop: list[str] | None = None
+    rootful_weak_isolation: bool = False
     buildkitd_flags: str = ""
     allow_prune: bool = False
     docker_cli: str | None = None
@@ -64,6 +69,29 @@ class BatchOptions:
     def validate(self) -> None:
         validate_counts(self.tries, self.reset_freq)
         factory = backend_class(self.backend)
+        # a plan file may give one capability as a plain string
+        if isinstance(self.cap_add, str):
+            self.cap_add = [self.cap_add]
+        if isinstance(self.cap_drop, str):
+            self.cap_drop = [self.cap_drop]
+        for name, caps in (("--cap-add", self.cap_add), ("--cap-drop", self.cap_drop)):
+            for cap in caps or ():
+                if not _CAPABILITY.fullmatch(cap):
+                    raise UsageError(
+                        f"{name} {cap!r} is not a capability name",
+                        hint="use names such as SYS_ADMIN, CAP_NET_ADMIN or ALL",
+                    )
+        wants_flags = self.cap_add or self.cap_drop or self.rootful_weak_isolation
+        if wants_flags and not supports(factory, "security-flags"):
+            raise UsageError(
+                f"--cap-add, --cap-drop and --rootful-weak-isolation apply to a BuildKit"
+                f" container, which the {self.backend} backend does not run"
+            )
+        if self.rootful_weak_isolation and self.privileged:
+            raise UsageError(
+                "--rootful-weak-isolation replaces --privileged",
+                hint="pass only one of them",
+            )
         if self.cache is None:
             self.cache = factory.cache_types[0]
         if self.mode == "daemon" and not supports(factory, "daemon-mode"):

@@ -674,6 +674,29 @@ def leftovers(client: docker.DockerClient, run_id: str | None = None) -> dict[st
     }
 
 
+UNMASK_SYSTEM_PATHS = "systempaths=unconfined"
+
+
+def create_container(client: docker.DockerClient, **kwargs: Any) -> Container:
+    """``client.containers.create`` that also understands ``systempaths=unconfined``.
+
+    That security option exists only in the docker CLI, which turns it into empty
+    ``MaskedPaths``/``ReadonlyPaths``; the engine API rejects it and the SDK has no
+    argument for those two fields, so they are set on the host config here.
+    """
+    opts = list(kwargs.get("security_opt") or [])
+    if UNMASK_SYSTEM_PATHS not in opts:
+        return client.containers.create(**kwargs)
+    kwargs["security_opt"] = [o for o in opts if o != UNMASK_SYSTEM_PATHS]
+    from docker.models.containers import _create_container_args
+
+    create = _create_container_args({**kwargs, "version": client.api._version})
+    create["host_config"]["MaskedPaths"] = []
+    create["host_config"]["ReadonlyPaths"] = []
+    created = client.api.create_container(**create)
+    return client.containers.get(created["Id"])
+
+
 def describe_docker_error(exc: BaseException) -> str:
     text = getattr(exc, "explanation", None) or str(exc)
     return " ".join(str(text).split())[:300]

@@ -60,6 +60,9 @@ class TrialRecord:
     log_path: str = ""
     buildkit_version: str = ""  # for the engine backend: the BuildKit the engine vendors
     privileged: bool = False  # whether the BuildKit container ran --privileged
+    # effective security flags of the BuildKit container: privileged, cap_add, cap_drop,
+    # security_opt, mounts, weak_isolation ({} for backends without one)
+    security: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the try
 
     def to_row(self) -> dict[str, Any]:
@@ -68,6 +71,7 @@ class TrialRecord:
         row["missing"] = json.dumps(self.missing)
         row["layer_digests"] = json.dumps(self.layer_digests)
         row["phases"] = json.dumps(self.phases)
+        row["security"] = json.dumps(self.security, sort_keys=True)
         return row
 
     @classmethod
@@ -78,6 +82,7 @@ class TrialRecord:
         values["missing"] = json.loads(values.get("missing") or "[]")
         values["layer_digests"] = json.loads(values.get("layer_digests") or "[]")
         values["phases"] = json.loads(values.get("phases") or "{}")
+        values["security"] = json.loads(values.get("security") or "{}")
         return cls(**values)
 
 

@@ -239,6 +239,7 @@ def _record(
         log_path=log_path,
         buildkit_version=backend.buildkit_version,
         privileged=bool(backend.privileged),
+        security=dict(getattr(backend, "security", None) or {}),
     )
 
 

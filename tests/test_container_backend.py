@@ -291,3 +291,181 @@ def test_signals_during_the_cache_export(docker_client, fake_buildkit, lab_home,
         assert time.monotonic() - started < 30  # it did not wait for the 120 s export
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
     assert not list((lab_home / "data/runs").rglob("ctx"))
+
+
+def test_weak_isolation_flags_reach_the_container_and_the_record(
+    docker_client, fake_buildkit, lab_home
+):
+    cgroup_v1 = str(docker_client.info().get("CgroupVersion") or "1") == "1"
+    proc = run_cli(
+        "reproduce",
+        *CONTAINER_ARGS,
+        "--image",
+        FAKE_ROOTFUL,
+        "--rootful-weak-isolation",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-drop",
+        "MKNOD",
+        "--tries",
+        "2",
+        "--no-cleanup",
+        "--json",
+        home=lab_home,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        kept = lab.leftovers(docker_client, summary["run_id"])
+        trial = next(c for c in kept["containers"] if c.endswith("-l0-trial-0002"))
+        host = docker_client.containers.get(trial).attrs["HostConfig"]
+        assert host["Privileged"] is False
+        assert host["CapAdd"] == ["ALL", "NET_ADMIN"]
+        assert host["CapDrop"] == ["SYS_RESOURCE", "MKNOD"]
+        assert set(host["SecurityOpt"]) == {"seccomp=unconfined", "apparmor=unconfined"}
+        # systempaths=unconfined is the docker CLI's name for unmasking /proc and /sys paths
+        assert host["MaskedPaths"] == [] and host["ReadonlyPaths"] == []
+        binds = host.get("Binds") or []
+        assert ("/sys/fs/cgroup:/sys/fs/cgroup:rw" in binds) == cgroup_v1, binds
+        assert any(b.endswith(":/var/lib/buildkit:rw") for b in binds)  # rootful state path
+        from repro_lib.store import Store
+
+        with Store(lab_home / "data/raw/trials.sqlite") as store:
+            records = store.trials(summary["run_id"])
+        assert [r.outcome.value for r in records] == ["ok", "ok"]
+        assert not records[0].privileged
+        assert records[0].security == {
+            "privileged": False,
+            "cap_add": ["ALL", "NET_ADMIN"],
+            "cap_drop": ["SYS_RESOURCE", "MKNOD"],
+            "security_opt": ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"],
+            "mounts": ["/sys/fs/cgroup:/sys/fs/cgroup:rw"] if cgroup_v1 else [],
+            "weak_isolation": True,
+        }
+        # the choice travels with the run, so a report's command line repeats it
+        with Store(lab_home / "data/raw/trials.sqlite") as store:
+            assert "--rootful-weak-isolation" in store.run(summary["run_id"])["params"]["command"]
+    finally:
+        assert run_cli("clean", "--run", summary["run_id"], home=lab_home).returncode == 0
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def test_rootless_images_record_the_public_script_flags(docker_client, fake_buildkit, lab_home):
+    proc = run_cli(
+        "reproduce", *CONTAINER_ARGS, "--image", FAKE, "--tries", "1", "--json", home=lab_home
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    from repro_lib.store import Store
+
+    with Store(lab_home / "data/raw/trials.sqlite") as store:
+        (record,) = store.trials(summary["run_id"])
+    assert record.security == {
+        "privileged": False,
+        "cap_add": [],
+        "cap_drop": [],
+        "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+        "mounts": [],
+        "weak_isolation": False,
+    }
+
+
+def test_weak_isolation_refuses_a_rootless_image(docker_client, fake_buildkit, lab_home):
+    proc = run_cli(
+        "reproduce",
+        *CONTAINER_ARGS,
+        "--image",
+        FAKE,
+        "--rootful-weak-isolation",
+        "--tries",
+        "1",
+        home=lab_home,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "is for rootful BuildKit images" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def _privileged_refusal(docker_client) -> str:
+    """The engine's own error for a --privileged container, or skip where it allows them."""
+    import docker.errors
+
+    from repro_lib.fixtures import BASE_FIXTURE
+
+    container = docker_client.containers.create(
+        BASE_FIXTURE,
+        ["true"],
+        privileged=True,
+        network_mode="host",
+        labels=lab.labels("t-privileged-probe"),
+    )
+    try:
+        container.start()
+    except docker.errors.APIError as exc:
+        return lab.describe_docker_error(exc)
+    finally:
+        container.remove(force=True)
+    pytest.skip("this engine starts --privileged containers, so it cannot show the refusal")
+
+
+def test_the_engines_privileged_refusal_is_recognised(docker_client, fixture_images):
+    from repro_lib.builders.container import refusal
+    from repro_lib.errors import PrivilegesRefused
+
+    text = _privileged_refusal(docker_client)
+    found = refusal(text, {"privileged": True, "image": FAKE_ROOTFUL}, "repro-lib reproduce -x")
+    assert isinstance(found, PrivilegesRefused), text
+    assert "refuses --privileged" in str(found)
+    assert "repro-lib reproduce -x --rootful-weak-isolation" in found.hint
+    assert "that option weakens isolation" in found.hint
+
+
+def test_a_refused_privileged_batch_stops_at_once_with_a_command_that_works(
+    docker_client, fake_buildkit, lab_home
+):
+    _privileged_refusal(docker_client)
+    proc = run_cli(
+        "reproduce", *CONTAINER_ARGS, "--image", FAKE_ROOTFUL, "--tries", "8", home=lab_home
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "%|" not in ln]  # no bar
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "refuses --privileged" in lines[0] and "unable to apply caps" in lines[0]
+    assert f"--image {FAKE_ROOTFUL} --tries 8 --rootful-weak-isolation" in lines[0]
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+    # the printed command is one that works on this engine
+    command = lines[0].split("run instead: ", 1)[1].split(" — ")[0]
+    words = __import__("shlex").split(command)
+    assert words[:2] == ["repro-lib", "reproduce"]
+    ok = run_cli(*words[1:], "--tries", "1", home=lab_home)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        "[rootlesskit:parent] error: failed to start the child: fork/exec /proc/self/exe: permission denied",
+        "[rootlesskit:parent] error: failed to start the child: fork/exec /proc/self/exe: operation not permitted",
+    ],
+)
+def test_restricted_user_namespaces_are_explained(log):
+    from repro_lib.builders.container import refusal
+
+    found = refusal(f"+ rootlesskit buildkitd\n{log}\n", {"privileged": False})
+    assert found is not None
+    assert "user namespace" in str(found) and "/proc/self/exe" in str(found)
+    assert "apparmor_restrict_unprivileged_userns=1" in str(found)
+    assert "apparmor_restrict_unprivileged_userns=0" in found.hint
+    assert "AppArmor profile" in found.hint and "--rootful-weak-isolation" in found.hint
+
+
+def test_capabilities_the_host_lacks_are_explained_and_other_errors_are_not():
+    from repro_lib.builders.container import refusal
+
+    text = "runc create failed: unable to start container process: unable to apply caps: operation not permitted"
+    found = refusal(text, {"privileged": False, "cap_add": ["ALL"], "cap_drop": []})
+    assert found is not None and "--cap-drop" in found.hint
+    assert refusal("error: failed to solve: not found", {"privileged": True}) is None
+    assert refusal("open /x: permission denied", {"privileged": False}) is None

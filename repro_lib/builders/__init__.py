@@ -101,6 +101,7 @@ class Backend(Protocol):
     cache_type: str
     mode: str
     privileged: bool
+    security: dict[str, Any]  # effective container security flags, recorded per trial
     buildkit_version: str
     features: frozenset[str]  # which of FEATURES the backend supports
     cache_types: tuple[str, ...]  # the first is the default
@@ -123,7 +124,15 @@ class Backend(Protocol):
 
 BACKENDS: dict[str, Callable[..., Backend]] = {}
 FEATURES = frozenset(
-    {"registry-cache", "local-cache", "inline-cache", "daemon-mode", "oci-output", "mirror"}
+    {
+        "registry-cache",
+        "local-cache",
+        "inline-cache",
+        "daemon-mode",
+        "oci-output",
+        "mirror",
+        "security-flags",
+    }
 )
 
 

@@ -117,6 +117,7 @@ class EngineBackend:
     mode = "engine"
     cache_type = "inline"
     privileged = False
+    security: dict[str, Any] = {}  # no BuildKit container of ours: the engine's own settings apply
     cache_types = ("inline",)
     features = frozenset({"inline-cache"})  # no mirror: the engine builds FROM its own images
 
