@@ -61,6 +61,7 @@ class BatchOptions:
     cap_drop: list[str] | None = None
     rootful_weak_isolation: bool = False
     buildkitd_flags: str = ""
+    hub_url: str = DOCKER_HUB  # the upstream the mirror proxies when online
     allow_prune: bool = False
     docker_cli: str | None = None
     build_timeout: float = 600
@@ -81,6 +82,11 @@ class BatchOptions:
                         f"{name} {cap!r} is not a capability name",
                         hint="use names such as SYS_ADMIN, CAP_NET_ADMIN or ALL",
                     )
+        if not self.hub_url.startswith(("http://", "https://")):
+            raise UsageError(
+                f"--hub-url {self.hub_url!r} needs a scheme",
+                hint=f"e.g. --hub-url {DOCKER_HUB} or http://127.0.0.1:5000",
+            )
         wants_flags = self.cap_add or self.cap_drop or self.rootful_weak_isolation
         if wants_flags and not supports(factory, "security-flags"):
             raise UsageError(
@@ -189,6 +195,7 @@ class LabSession:
         need_mirror: bool = True,
         seed_images: list[str] | None = None,
         keep: bool = False,
+        hub_url: str = DOCKER_HUB,
     ) -> None:
         self.client = client
         self.session_id = session_id
@@ -198,6 +205,7 @@ class LabSession:
         self.need_mirror = need_mirror
         self.seed_images = list(seed_images or [])
         self.keep = keep
+        self.hub_url = hub_url
         self.cache_registry: lab.Registry | None = None
         self.mirror: lab.Registry | None = None
         self.reaped: lab.SweepResult | None = None
@@ -233,7 +241,7 @@ class LabSession:
                         self.session_id,
                         role="mirror",
                         image=self.registry_image,
-                        proxy_remote=None if self.offline else DOCKER_HUB,
+                        proxy_remote=None if self.offline else self.hub_url,
                         keep=self.keep,
                     )
                 )
@@ -461,6 +469,7 @@ def reproduce(
             need_mirror=supports(backend_class(options.backend), "mirror"),
             seed_images=scenario.base_images(),
             keep=options.no_cleanup,
+            hub_url=options.hub_url,
         ) as session,
     ):
         bar = BatchProgress(options.tries, run_id, enabled=progress)

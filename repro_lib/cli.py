@@ -173,6 +173,12 @@ def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Extra buildkitd flags (appended to BUILDKITD_FLAGS).",
         ),
         click.option(
+            "--hub-url",
+            default="https://registry-1.docker.io",
+            show_default=True,
+            help="Upstream registry the mirror proxies when online (a Docker Hub stand-in or a company proxy).",
+        ),
+        click.option(
             "--allow-prune",
             is_flag=True,
             help="engine backend: allow pruning the builder cache of an engine the lab did not start (destroys its build cache).",
@@ -237,6 +243,7 @@ def _options_from(kwargs: dict[str, Any], **extra: Any):
         cap_drop=list(kwargs["cap_drop"]) or None,
         rootful_weak_isolation=kwargs["rootful_weak_isolation"],
         buildkitd_flags=kwargs["buildkitd_flags"],
+        hub_url=kwargs["hub_url"],
         allow_prune=kwargs["allow_prune"],
         docker_cli=kwargs["docker_cli"],
         build_timeout=kwargs["build_timeout"],
@@ -522,6 +529,7 @@ def _sweep_plan(kwargs: dict[str, Any], plan_file: str | None, axes: dict[str, A
         "cap_drop": list(kwargs["cap_drop"]) or None,
         "rootful_weak_isolation": kwargs["rootful_weak_isolation"] or None,
         "buildkitd_flags": kwargs["buildkitd_flags"] or None,
+        "hub_url": kwargs["hub_url"] if kwargs["hub_url"] != defaults.hub_url else None,
         "allow_prune": kwargs["allow_prune"] or None,
         "docker_cli": kwargs["docker_cli"],
         "build_timeout": kwargs["build_timeout"]

@@ -59,6 +59,7 @@ BATCH_FIELDS = (
     "cap_drop",
     "rootful_weak_isolation",
     "buildkitd_flags",
+    "hub_url",
     "allow_prune",
     "docker_cli",
     "build_timeout",
@@ -444,6 +445,7 @@ def run_sweep(
                     registry_image=plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE),
                     need_mirror=supports(factory, "mirror"),
                     seed_images=scenario.base_images(),
+                    hub_url=plan.batch.get("hub_url", BatchOptions.hub_url),
                 )
             )
             if plan.backend != "container" and lanes > 1:

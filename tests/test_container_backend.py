@@ -469,3 +469,118 @@ def test_capabilities_the_host_lacks_are_explained_and_other_errors_are_not():
     assert found is not None and "--cap-drop" in found.hint
     assert refusal("error: failed to solve: not found", {"privileged": True}) is None
     assert refusal("open /x: permission denied", {"privileged": False}) is None
+
+
+def _get(url: str, accept: str = "") -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except urllib.error.URLError:
+        return 0, b""
+
+
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def test_online_path_through_a_stand_in_for_docker_hub(docker_client, fake_buildkit, lab_home):
+    """A local registry stands in for Docker Hub, which cannot be reached here.
+
+    An engine started with ``--registry-mirror`` at the stand-in pulls the BuildKit
+    (and registry) images from it; the lab's mirror proxies it (``--hub-url``) and
+    keeps serving what it already fetched after the stand-in is gone.
+    """
+    import uuid
+
+    from repro_lib import dockerd
+    from repro_lib.config import Paths
+    from repro_lib.fixtures import BASE_FIXTURE, REGISTRY_FIXTURE
+
+    image = "moby/buildkit:v0.0.0-rootless"  # the stand-in BuildKit under a Hub name
+    paths, name = Paths.from_env(), f"hub{uuid.uuid4().hex[:6]}"
+    hub = lab.Registry(docker_client, lab.new_run_id("t"), role="hub", image=REGISTRY_FIXTURE)
+    with hub:
+        for local, remote in (
+            (FAKE, image),
+            (REGISTRY_FIXTURE, REGISTRY_FIXTURE),
+            (BASE_FIXTURE, "library/alpine:latest"),
+        ):
+            lab.push_image(docker_client, local, f"{hub.address}/{remote}")
+        engine = dockerd.start(paths, name, registry_mirrors=(hub.url,))
+        run_id = None
+        try:
+            mirrored = lab.connect(engine.host)
+            mirrored.images.pull(*REGISTRY_FIXTURE.split(":"))  # docker.io/... via the stand-in
+            proc = run_cli(
+                "reproduce",
+                "--image",
+                image,
+                "--hub-url",
+                hub.url,
+                "--registry-image",
+                REGISTRY_FIXTURE,
+                "--tries",
+                "2",
+                "--no-cleanup",
+                "--json",
+                home=lab_home,
+                env={"DOCKER_HOST": engine.host},
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            summary = json.loads(proc.stdout.strip().splitlines()[-1])
+            run_id, mirror = summary["run_id"], summary["kept"]["mirror"]
+            assert summary["tries"] == 2 and summary["failures"] == 0
+            # the lab's mirror proxies the stand-in: the base image comes through it
+            alpine = f"http://{mirror}/v2/library/alpine"
+            status, body = _get(f"{alpine}/manifests/latest", MANIFEST_V2)
+            assert status == 200, status
+            blobs = [json.loads(body)["config"]["digest"]]
+            blobs += [layer["digest"] for layer in json.loads(body)["layers"]]
+            assert all(_get(f"{alpine}/blobs/{d}")[0] == 200 for d in blobs)
+            logs = hub.container.logs().decode(errors="replace")
+            assert "/v2/moby/buildkit/manifests/v0.0.0-rootless" in logs  # the engine's pull
+            assert "/v2/library/alpine/manifests/latest" in logs  # the mirror's fetch
+            # the upstream disappears: what the mirror holds still comes, a cold miss fails
+            hub.stop()
+            assert _get(f"{alpine}/manifests/latest", MANIFEST_V2)[0] == 200
+            assert all(_get(f"{alpine}/blobs/{d}")[0] == 200 for d in blobs)
+            assert _get(f"http://{mirror}/v2/library/busybox/manifests/1", MANIFEST_V2)[0] != 200
+        finally:
+            if run_id:
+                run_cli("clean", "--run", run_id, home=lab_home, env={"DOCKER_HOST": engine.host})
+                assert lab.leftovers(lab.connect(engine.host)) == {"containers": [], "volumes": []}
+            dockerd.stop(paths, name)
+            dockerd.remove_data(paths, name)
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "error: failed to solve: failed to resolve source metadata for docker.io/library/alpine:latest:"
+        ' failed to do request: Head "http://127.0.0.1:5001/v2/library/alpine/manifests/latest?ns=docker.io":'
+        " dial tcp 127.0.0.1:5001: connect: connection refused",
+        "error: failed to solve: failed to copy: httpReadSeeker: failed open: unexpected status code"
+        " http://127.0.0.1:5001/v2/library/alpine/blobs/sha256:abc?ns=docker.io: 404 Not Found",
+        "error: failed to solve: alpine:latest: not found",
+    ],
+)
+def test_a_base_image_the_mirror_cannot_give_is_infra_trouble(line):
+    from repro_lib.builders import base_pull_error
+
+    assert base_pull_error(f"#1 [internal] load metadata\n{line}\n", ["alpine:latest"])
+
+
+def test_other_build_failures_are_not_pull_errors():
+    from repro_lib.builders import base_pull_error
+
+    log = (
+        "#6 [3/3] COPY repro.txt /\nerror: failed to solve: failed to compute cache key: not found"
+    )
+    assert base_pull_error(log, ["alpine:latest"]) is None
+    assert base_pull_error("error: alpine:latest: not found", ["busybox:1"]) is None

@@ -247,6 +247,39 @@ def cache_import_error(log: str) -> str | None:
     return None
 
 
+_PULL_FAILURES = (
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "unexpected status code",
+    "failed to do request",
+    "not found",
+    "eof",
+)
+
+
+def base_pull_error(log: str, base_images: list[str]) -> str | None:
+    """The error of a failed base-image pull, if the log shows one.
+
+    When the upstream of the mirror is gone, a base image (or layer) the mirror
+    never fetched cannot come: the try could not even start its build, so it is
+    infrastructure trouble, never evidence about the cache.
+    """
+    names = set()
+    for image in base_images:
+        ref = image.split("@")[0]
+        repo = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+        names |= {ref, repo if "/" in repo else f"library/{repo}"}
+    for line in log.splitlines():
+        low = line.lower()
+        if "failed to resolve source metadata" in low:
+            return " ".join(line.split())[:300]
+        failed = "error" in low or "failed" in low
+        if failed and any(n in line for n in names) and any(f in low for f in _PULL_FAILURES):
+            return " ".join(line.split())[:300]
+    return None
+
+
 def count_cache_pulls(log: str) -> int:
     """Blobs pulled while importing the cache: non-zero only when the local state was empty."""
     return sum(bool(_PULL_RE.match(line.strip())) for line in log.splitlines())

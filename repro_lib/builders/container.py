@@ -26,6 +26,7 @@ from ..errors import BuildFailed, InfraError, PrivilegesRefused, UsageError
 from . import (
     BatchEnv,
     BuildOutput,
+    base_pull_error,
     cache_import_error,
     log_tail,
     register,
@@ -413,6 +414,7 @@ class ContainerBackend:
             if code != 0:
                 if refused := refusal(log, kwargs, self.command):
                     raise refused
+                self._check_base_pull(log)
                 raise BuildFailed(
                     f"buildctl exited {code}: {_reason(log)} (log: {path})",
                     log_tail=log_tail(log),
@@ -484,6 +486,13 @@ class ContainerBackend:
     @staticmethod
     def _header(kwargs: dict[str, Any]) -> str:
         return f"# container: {lab.container_kwargs_for_log(kwargs)}\n"
+
+    def _check_base_pull(self, log: str) -> None:
+        """A base image the mirror cannot give (cold miss, upstream gone) is infra trouble."""
+        env = self.env
+        assert env is not None
+        if error := base_pull_error(log, env.scenario.base_images()):
+            raise InfraError(f"the base image could not be pulled through the mirror: {error}")
 
     # daemon mode ---------------------------------------------------------------
     def _start_daemon(self) -> Any:
@@ -558,6 +567,7 @@ class ContainerBackend:
             env, f"{tag}.log", f"# exec in {daemon.name}: buildctl {shlex.join(args)}\n" + log
         )
         if code != 0:
+            self._check_base_pull(log)
             raise BuildFailed(
                 f"buildctl exited {code}: {_reason(log)} (log: {path})",
                 log_tail=log_tail(log),
