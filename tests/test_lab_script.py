@@ -9,9 +9,12 @@ this machine's own docker and apt are never seen.
 
 from __future__ import annotations
 
+import http.server
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,7 +38,8 @@ exit 100""",
 exit 0""",
     "docker": """[ "$1" = info ] && [ "${STUB_ENGINE_UP:-}" = 1 ] && exit 0
 exit 1""",
-    "repro-lib": "exit 0",
+    "repro-lib": """[ "$1 $2" = "engine start" ] && echo "unix://$HOME/no-engine.sock"
+exit 0""",
 }
 DOCKER_CE = "docker-ce docker-ce-cli containerd.io"
 APT_KNOWS = "docker.io docker-registry busybox-static python3-venv python3-pip"
@@ -48,6 +52,7 @@ def run_lab(
     apt_knows=APT_KNOWS,
     removes="",
     engine_up=False,
+    extra_env=None,
     stubs=("dpkg", "apt-get", "apt-cache", "docker", "repro-lib"),
 ):
     bin_dir = tmp_path / "bin"
@@ -59,7 +64,9 @@ def run_lab(
     for tool in TOOLS:
         if not (bin_dir / tool).exists():
             (bin_dir / tool).symlink_to(shutil.which(tool))
-    (bin_dir / "python3").symlink_to(sys.executable) if not (bin_dir / "python3").exists() else None
+    for python in ("python3", "python"):
+        if not (bin_dir / python).exists():
+            (bin_dir / python).symlink_to(sys.executable)
     log = tmp_path / "calls.log"
     log.write_text("")
     env = {
@@ -72,6 +79,7 @@ def run_lab(
         "STUB_ENGINE_UP": "1" if engine_up else "",
         "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock",
         "REPRO_LIB_LAB_SKIP_VENV": "1",
+        **(extra_env or {}),
     }
     proc = subprocess.run(
         ["/bin/bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60
@@ -177,3 +185,56 @@ def test_a_docker_cli_without_an_engine_is_one_line_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no Docker engine answers and there is no dockerd" in lines[0]
     assert not [c for c in calls if c.startswith(("apt-get", "repro-lib"))]
+
+
+class _StandInHub(http.server.BaseHTTPRequestHandler):
+    """Answers ``/v2/`` as Docker Hub does to an anonymous client."""
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        self.send_response(401 if self.path == "/v2/" else 404)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_online_branch_uses_the_hub_that_answers(tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _StandInHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hub = f"http://127.0.0.1:{server.server_port}"
+    try:
+        proc, calls = run_lab(
+            tmp_path,
+            "reproduce",
+            installed=DOCKER_CE + " python3-venv python3-pip",
+            engine_up=True,
+            extra_env={"REPRO_LIB_HUB_URL": hub},
+        )
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr
+    assert "docker image inspect moby/buildkit:v0.9.0-rootless" in calls  # not here
+    assert calls[-1] == f"repro-lib reproduce --hub-url {hub}"
+
+
+def test_online_branch_without_a_hub_falls_back_to_the_engine_backend(tmp_path):
+    hub = f"http://127.0.0.1:{_closed_port()}"
+    proc, calls = run_lab(
+        tmp_path,
+        "reproduce",
+        installed=DOCKER_CE + " python3-venv python3-pip",
+        engine_up=True,
+        extra_env={"REPRO_LIB_HUB_URL": hub},
+    )
+    assert f"{hub} is unreachable: running the engine backend" in proc.stderr
+    assert "repro-lib engine start" in calls
+    # no fixtures' packages and no local registry:2/alpine here: said in one line, exit 2
+    assert proc.returncode == 2
+    assert "offline runs need registry:2 and alpine:latest" in proc.stderr.splitlines()[-1]
+    assert not [c for c in calls if c.startswith("repro-lib reproduce")]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
