@@ -41,6 +41,19 @@ for a in "$@"; do
   esac
 done
 case "$*" in *--export-cache*) if [ -f "$ctx/slow-export" ]; then sleep 120; fi ;; esac
+case "$*" in *--import-cache*)
+  if [ -f "$ctx/pull-base" ]; then
+    # fetch the base image's manifest through the lab's mirror, as BuildKit does
+    mirror=$(sed -n 's/^  mirrors = \["\(.*\)"\]$/\1/p' /tmp/repro-lib/config.toml)
+    ref=$(cat "$ctx/pull-base")
+    if ! wget -q -O /dev/null --header "Accept: application/vnd.docker.distribution.manifest.v2+json" \
+        "http://$mirror/v2/${ref%:*}/manifests/${ref##*:}" 2>/tmp/pull.err; then
+      echo "error: failed to solve: failed to resolve source metadata for docker.io/$ref: $(cat /tmp/pull.err)"
+      exit 1
+    fi
+    echo "pulled $ref through $mirror"
+  fi ;;
+esac
 state=/home/user/.local/share/buildkit
 n=$(cat "$state/count" 2>/dev/null || echo 0); n=$((n+1)); echo "$n" > "$state/count"
 echo "state count $n"
@@ -584,3 +597,104 @@ def test_other_build_failures_are_not_pull_errors():
     )
     assert base_pull_error(log, ["alpine:latest"]) is None
     assert base_pull_error("error: alpine:latest: not found", ["busybox:1"]) is None
+
+
+def _pulling_scenario(path, base: str):
+    """The reference scenario whose stand-in BuildKit pulls ``base`` through the mirror."""
+    path.mkdir()
+    (path / "Dockerfile").write_text(f"FROM {base}\nCOPY repro.txt /\n")
+    (path / "expected.txt").write_text("repro.txt\n")
+    (path / "repro.txt").write_text("x")
+    name, tag = base.rsplit(":", 1)
+    (path / "pull-base").write_text(f"library/{name}:{tag}")
+    return str(path)
+
+
+def test_upstream_gone_mid_batch(docker_client, fake_buildkit, lab_home, tmp_path):
+    """What the mirror already fetched keeps a batch going after its upstream is gone;
+    a base image it never fetched is an infra error, never a missing layer."""
+    import os
+    import subprocess
+    import time
+    from datetime import datetime, timezone
+
+    from repro_lib.fixtures import BASE_FIXTURE, REGISTRY_FIXTURE
+    from repro_lib.store import Store
+
+    from .conftest import repro_lib_cmd
+
+    store = lab_home / "data/raw/trials.sqlite"
+    hub = lab.Registry(docker_client, lab.new_run_id("t"), role="hub", image=REGISTRY_FIXTURE)
+    with hub:
+        lab.push_image(docker_client, BASE_FIXTURE, f"{hub.address}/library/alpine:latest")
+        args = ["--image", FAKE, "--hub-url", hub.url, "--registry-image", REGISTRY_FIXTURE]
+        batch = subprocess.Popen(
+            repro_lib_cmd(
+                "reproduce",
+                *args,
+                "--scenario",
+                _pulling_scenario(tmp_path / "warm", "alpine:latest"),
+                "--tries",
+                "12",
+                "--reset-freq",
+                "2",
+                "--json",
+            ),
+            cwd=lab_home,
+            env=dict(os.environ, REPRO_LIB_HOME=str(lab_home)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while not store.exists() or len(Store(store).dataframe()) < 2:
+            assert batch.poll() is None, batch.communicate()
+            assert time.monotonic() < deadline, "no try recorded"
+            time.sleep(0.05)
+        hub.stop()
+        gone = datetime.now(timezone.utc).isoformat()
+        out, err = batch.communicate(timeout=300)
+    assert batch.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    with Store(store) as st:
+        records = st.trials(summary["run_id"])
+    assert [r.outcome.value for r in records] == ["ok"] * 12
+    assert [r for r in records if r.started_at > gone], "the batch ended before the stand-in"
+    # a fresh batch (and mirror) whose base image was never fetched: its upstream goes
+    # away once the cache is exported (before or after the first try's pull, both
+    # are cold misses: the stand-in never had the image)
+    hub = lab.Registry(docker_client, lab.new_run_id("t"), role="hub", image=REGISTRY_FIXTURE)
+    with hub:
+        args = ["--image", FAKE, "--hub-url", hub.url, "--registry-image", REGISTRY_FIXTURE]
+        runs = lab_home / "data/runs"
+        exports_before = set(runs.glob("*/logs/export.log"))
+        batch = subprocess.Popen(
+            repro_lib_cmd(
+                "reproduce",
+                *args,
+                "--scenario",
+                _pulling_scenario(tmp_path / "cold", "cold:1"),
+                "--tries",
+                "5",
+            ),
+            cwd=lab_home,
+            env=dict(os.environ, REPRO_LIB_HOME=str(lab_home)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while not set(runs.glob("*/logs/export.log")) - exports_before:
+            assert batch.poll() is None, batch.communicate()
+            assert time.monotonic() < deadline, "the cache was never exported"
+            time.sleep(0.05)
+        hub.stop()
+        out, err = batch.communicate(timeout=300)
+    assert batch.returncode == 2, err[-3000:]
+    assert "3 infrastructure errors in a row" in err
+    with Store(store) as st:
+        df = st.dataframe()
+    cold = df[df["run_id"] != summary["run_id"]]
+    assert list(cold["outcome"]) == ["infra_error"] * 3
+    assert cold["detail"].str.contains("could not be pulled through the mirror").all()
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
