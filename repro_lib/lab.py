@@ -374,7 +374,16 @@ class Registry:
     def _answers(self) -> bool:
         if self.container is not None:
             self.container.reload()
-            if self.container.status in ("exited", "dead"):
+            # A proxy whose upstream does not answer exits at once and the restart
+            # policy brings it back, again and again: a restart here is a failure.
+            restarted = self.container.attrs.get("RestartCount", 0) > 0
+            if self.proxy_remote and restarted and self.proxy_remote in self.logs():
+                raise InfraError(
+                    f"the {self.role} registry cannot reach its upstream {self.proxy_remote}",
+                    hint="check the network, pass --hub-url, or run --offline with local images",
+                    logs=self.logs(),
+                )
+            if self.container.status in ("exited", "dead") or restarted:
                 raise InfraError(
                     f"{self.role} registry exited: {self.logs()[-300:]}",
                     logs=self.logs(),

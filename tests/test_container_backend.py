@@ -698,3 +698,26 @@ def test_upstream_gone_mid_batch(docker_client, fake_buildkit, lab_home, tmp_pat
     assert list(cold["outcome"]) == ["infra_error"] * 3
     assert cold["detail"].str.contains("could not be pulled through the mirror").all()
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+def test_an_unreachable_hub_at_the_start_is_one_line_exit_2(docker_client, fake_buildkit, lab_home):
+    import socket
+    import time
+
+    from repro_lib.fixtures import REGISTRY_FIXTURE
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    started = time.monotonic()
+    proc = run_cli(
+        "reproduce",
+        *("--image", FAKE, "--hub-url", dead, "--registry-image", REGISTRY_FIXTURE),
+        home=lab_home,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "%|" not in ln]
+    assert len(lines) == 1 and f"cannot reach its upstream {dead}" in lines[0], proc.stderr
+    assert "--offline" in lines[0]
+    assert time.monotonic() - started < 60  # not three 30 s readiness timeouts
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
