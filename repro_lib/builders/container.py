@@ -161,6 +161,7 @@ class ContainerBackend:
         self.weak_isolation = rootful_weak_isolation
         self.command = command
         self.security: dict[str, Any] = {}
+        self._cgroups: str | None = None
         self.buildkitd_flags = buildkitd_flags
         self.cache_ref = cache_ref
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -228,7 +229,7 @@ class ContainerBackend:
 
     def _cgroup_version(self) -> str:
         """The engine host's cgroup version ("1" or "2"); the engine may be remote."""
-        if not hasattr(self, "_cgroups"):
+        if self._cgroups is None:
             try:
                 info = self.env.client.info()  # type: ignore[union-attr]
             except docker.errors.DockerException as exc:
