@@ -13,6 +13,8 @@ import subprocess
 import threading
 import time
 
+import pandas as pd
+
 from repro_lib import lab
 from repro_lib.store import Store
 
@@ -55,8 +57,12 @@ def test_an_old_store_upgraded_by_two_openers_at_once(tmp_path):
 
 
 def test_two_batches_and_a_report_on_one_store(docker_client, fixture_images, docker_cli, lab_home):
-    """Both runs prune the same engine's builder cache, which may cost the other a build
-    error, never a missing layer; what is checked is that the store takes every row."""
+    """Every row of both runs lands, and the report reads the store meanwhile.
+
+    Both runs reset (prune) the same engine: their reset cycles take turns on the
+    engine's lock, so no cycle sees the other run's prune, and no outcome may be a
+    missing layer.
+    """
     import os
 
     store = lab_home / "data/raw/trials.sqlite"
@@ -96,6 +102,14 @@ def test_two_batches_and_a_report_on_one_store(docker_client, fixture_images, do
         assert {st.run(r)["status"] for r in run_ids} == {"done"}
     assert len(df) == 2 * tries
     assert "missing_layer" not in set(df["outcome"])
+    assert set(df["outcome"]) == {"ok"}
+    # the reset cycles of the two runs never overlap in time
+    df["start"] = pd.to_datetime(df["started_at"])
+    df["end"] = df["start"] + pd.to_timedelta(df["duration_s"], unit="s")
+    cycles = df.groupby(["run_id", "reset_index"]).agg(start=("start", "min"), end=("end", "max"))
+    a, b = (cycles.loc[r] for r in run_ids)
+    for _, one in a.iterrows():
+        assert ((b["end"] <= one["start"]) | (b["start"] >= one["end"])).all(), (one, b)
     assert (df["security"] == "{}").all()  # the upgraded column is filled in
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
 
