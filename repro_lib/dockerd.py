@@ -190,6 +190,10 @@ def remove_data(paths: Paths, name: str) -> None:
     if engine is not None and engine.alive():
         raise InfraError(f"private engine {name} is still running")
     base, run = _dirs(paths, name)
+    # dockerd leaves its default network namespace bind-mounted; a mount point cannot go
+    netns = run / "exec" / "netns" / "default"
+    if os.path.ismount(netns):
+        subprocess.run(["umount", str(netns)], capture_output=True, check=False)
     shutil.rmtree(base, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
 

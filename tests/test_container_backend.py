@@ -501,6 +501,24 @@ def _get(url: str, accept: str = "") -> tuple[int, bytes]:
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
+def _wait_for_blobs(registry, digests, timeout: float = 30) -> None:
+    import time
+
+    import docker.errors
+
+    root = "/var/lib/registry/docker/registry/v2/blobs/sha256"
+    deadline = time.monotonic() + timeout
+    for digest in digests:
+        hex_ = digest.split(":", 1)[1]
+        while True:
+            try:
+                registry.get_archive(f"{root}/{hex_[:2]}/{hex_}/data")
+                break
+            except docker.errors.NotFound:
+                assert time.monotonic() < deadline, f"the mirror never stored {digest}"
+                time.sleep(0.1)
+
+
 def test_online_path_through_a_stand_in_for_docker_hub(docker_client, fake_buildkit, lab_home):
     """A local registry stands in for Docker Hub, which cannot be reached here.
 
@@ -558,6 +576,9 @@ def test_online_path_through_a_stand_in_for_docker_hub(docker_client, fake_build
             logs = hub.container.logs().decode(errors="replace")
             assert "/v2/moby/buildkit/manifests/v0.0.0-rootless" in logs  # the engine's pull
             assert "/v2/library/alpine/manifests/latest" in logs  # the mirror's fetch
+            # the proxy stores what it streamed in the background: wait until it holds it
+            registry = mirrored.containers.get(f"{lab.NAME_PREFIX}-{run_id}-mirror-registry")
+            _wait_for_blobs(registry, blobs)
             # the upstream disappears: what the mirror holds still comes, a cold miss fails
             hub.stop()
             assert _get(f"{alpine}/manifests/latest", MANIFEST_V2)[0] == 200
@@ -569,6 +590,7 @@ def test_online_path_through_a_stand_in_for_docker_hub(docker_client, fake_build
                 assert lab.leftovers(lab.connect(engine.host)) == {"containers": [], "volumes": []}
             dockerd.stop(paths, name)
             dockerd.remove_data(paths, name)
+            assert not (dockerd.RUN_ROOT / name).exists()  # nothing of the engine is left
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
 
 
