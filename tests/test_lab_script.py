@@ -238,3 +238,12 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_only_test_installs_the_fixtures_packages(tmp_path):
+    common = dict(installed=DOCKER_CE + " python3-venv python3-pip", engine_up=True)
+    _, calls = run_lab(tmp_path, "reproduce", "--tries", "1", **common)
+    assert apt_installs(calls) == []
+    # `test` goes on to start its engine, which the stubbed PATH cannot; apt was asked first
+    _, calls = run_lab(tmp_path, "test", **common)
+    assert apt_installs(calls) == [["-y", "-qq", "docker-registry", "busybox-static"]]
