@@ -482,6 +482,9 @@ def test_capabilities_the_host_lacks_are_explained_and_other_errors_are_not():
     assert found is not None and "--cap-drop" in found.hint
     assert refusal("error: failed to solve: not found", {"privileged": True}) is None
     assert refusal("open /x: permission denied", {"privileged": False}) is None
+    # a RUN step denied something in a rootless build: not the user-namespace refusal
+    log = "+ exec rootlesskit buildkitd\n#6 0.2 cat: /root/x: Permission denied\nerror: failed to solve"
+    assert refusal(log, {"privileged": False}) is None
 
 
 def _get(url: str, accept: str = "") -> tuple[int, bytes]:

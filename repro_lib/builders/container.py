@@ -607,9 +607,18 @@ def refusal(text: str, kwargs: dict[str, Any], command: str = "") -> PrivilegesR
             hint="add --cap-drop NAME for each capability the engine's host lacks"
             " (e.g. SYS_RESOURCE in nested containers), or use a -rootless image",
         )
-    userns = "/proc/self/exe" in low or "rootlesskit" in low
-    if userns and ("permission denied" in low or "operation not permitted" in low):
-        line = _line_with(text, "/proc/self/exe") or _line_with(text, "rootlesskit")
+    # rootlesskit's own line, e.g. "[rootlesskit:parent] error: failed to start the child:
+    # fork/exec /proc/self/exe: permission denied"; a build step's denial is not one
+    line = next(
+        (
+            " ".join(ln.split())[:300]
+            for ln in text.splitlines()
+            if ("/proc/self/exe" in ln or "rootlesskit" in ln)
+            and ("permission denied" in ln.lower() or "operation not permitted" in ln.lower())
+        ),
+        "",
+    )
+    if line:
         return PrivilegesRefused(
             f"rootless BuildKit cannot create its user namespace ({line}); hosts such as"
             " Ubuntu 24.04 restrict unprivileged user namespaces through AppArmor"
