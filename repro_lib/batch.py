@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import tarfile
@@ -30,6 +31,7 @@ from .store import Store
 from .trials import TrialContext, positions_of_failures, run_trials, validate_counts
 
 DOCKER_HUB = "https://registry-1.docker.io"
+_CAPABILITY = re.compile(r"(CAP_)?[A-Za-z_]+")
 
 
 @dataclass
@@ -56,7 +58,11 @@ class BatchOptions:
     registry_image: str = lab.DEFAULT_REGISTRY_IMAGE
     privileged: bool | None = None
     security_opt: list[str] | None = None
+    cap_add: list[str] | None = None
+    cap_drop: list[str] | None = None
+    rootful_weak_isolation: bool = False
     buildkitd_flags: str = ""
+    hub_url: str = DOCKER_HUB  # the upstream the mirror proxies when online
     allow_prune: bool = False
     docker_cli: str | None = None
     build_timeout: float = 600
@@ -66,6 +72,34 @@ class BatchOptions:
     def validate(self) -> None:
         validate_counts(self.tries, self.reset_freq)
         factory = backend_class(self.backend)
+        # a plan file may give one capability as a plain string
+        if isinstance(self.cap_add, str):
+            self.cap_add = [self.cap_add]
+        if isinstance(self.cap_drop, str):
+            self.cap_drop = [self.cap_drop]
+        for name, caps in (("--cap-add", self.cap_add), ("--cap-drop", self.cap_drop)):
+            for cap in caps or ():
+                if not _CAPABILITY.fullmatch(cap):
+                    raise UsageError(
+                        f"{name} {cap!r} is not a capability name",
+                        hint="use names such as SYS_ADMIN, CAP_NET_ADMIN or ALL",
+                    )
+        if not self.hub_url.startswith(("http://", "https://")):
+            raise UsageError(
+                f"--hub-url {self.hub_url!r} needs a scheme",
+                hint=f"e.g. --hub-url {DOCKER_HUB} or http://127.0.0.1:5000",
+            )
+        wants_flags = self.cap_add or self.cap_drop or self.rootful_weak_isolation
+        if wants_flags and not supports(factory, "security-flags"):
+            raise UsageError(
+                f"--cap-add, --cap-drop and --rootful-weak-isolation apply to a BuildKit"
+                f" container, which the {self.backend} backend does not run"
+            )
+        if self.rootful_weak_isolation and self.privileged:
+            raise UsageError(
+                "--rootful-weak-isolation replaces --privileged",
+                hint="pass only one of them",
+            )
         if self.cache is None:
             self.cache = factory.cache_types[0]
         if self.mode == "daemon" and not supports(factory, "daemon-mode"):
@@ -163,6 +197,7 @@ class LabSession:
         need_mirror: bool = True,
         seed_images: list[str] | None = None,
         keep: bool = False,
+        hub_url: str = DOCKER_HUB,
     ) -> None:
         self.client = client
         self.session_id = session_id
@@ -172,6 +207,7 @@ class LabSession:
         self.need_mirror = need_mirror
         self.seed_images = list(seed_images or [])
         self.keep = keep
+        self.hub_url = hub_url
         self.cache_registry: lab.Registry | None = None
         self.mirror: lab.Registry | None = None
         self.reaped: lab.SweepResult | None = None
@@ -207,7 +243,7 @@ class LabSession:
                         self.session_id,
                         role="mirror",
                         image=self.registry_image,
-                        proxy_remote=None if self.offline else DOCKER_HUB,
+                        proxy_remote=None if self.offline else self.hub_url,
                         keep=self.keep,
                     )
                 )
@@ -467,6 +503,7 @@ def reproduce(
             need_mirror=supports(backend_class(options.backend), "mirror"),
             seed_images=scenario.base_images(),
             keep=options.no_cleanup,
+            hub_url=options.hub_url,
         ) as session,
     ):
         bar = BatchProgress(options.tries, run_id, enabled=progress)

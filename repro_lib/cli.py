@@ -153,6 +153,21 @@ def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Container security option for BuildKit (repeatable); replaces the defaults (seccomp/apparmor unconfined for rootless).",
         ),
         click.option(
+            "--cap-add",
+            multiple=True,
+            help="Capability to add to the BuildKit container (repeatable), e.g. SYS_ADMIN.",
+        ),
+        click.option(
+            "--cap-drop",
+            multiple=True,
+            help="Capability to drop from the BuildKit container (repeatable), e.g. SYS_RESOURCE where the engine's host lacks it.",
+        ),
+        click.option(
+            "--rootful-weak-isolation",
+            is_flag=True,
+            help="WEAKENS ISOLATION. Run a rootful BuildKit image without --privileged, for engines that refuse it: --cap-add ALL --cap-drop SYS_RESOURCE, seccomp, AppArmor and system paths unconfined, and on cgroup-v1 hosts the host's /sys/fs/cgroup mounted read-write. The container gets nearly a privileged container's power over its host; the flags are recorded per trial.",
+        ),
+        click.option(
             "--buildkitd-flags",
             default="",
             help="Extra buildkitd flags (appended to BUILDKITD_FLAGS).",
@@ -161,6 +176,12 @@ def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--debug-failures",
             is_flag=True,
             help="Run buildkitd with --debug for this batch, so each failure's evidence bundle holds a debug-level daemon log (daemon mode; daemonless builds log into the build log).",
+        ),
+        click.option(
+            "--hub-url",
+            default="https://registry-1.docker.io",
+            show_default=True,
+            help="Upstream registry the mirror proxies when online (a Docker Hub stand-in or a company proxy).",
         ),
         click.option(
             "--allow-prune",
@@ -223,7 +244,11 @@ def _options_from(kwargs: dict[str, Any], **extra: Any):
         registry_image=kwargs["registry_image"],
         privileged=kwargs["privileged"],
         security_opt=list(kwargs["security_opt"]) or None,
+        cap_add=list(kwargs["cap_add"]) or None,
+        cap_drop=list(kwargs["cap_drop"]) or None,
+        rootful_weak_isolation=kwargs["rootful_weak_isolation"],
         buildkitd_flags=kwargs["buildkitd_flags"],
+        hub_url=kwargs["hub_url"],
         allow_prune=kwargs["allow_prune"],
         docker_cli=kwargs["docker_cli"],
         build_timeout=kwargs["build_timeout"],
@@ -506,7 +531,11 @@ def _sweep_plan(kwargs: dict[str, Any], plan_file: str | None, axes: dict[str, A
         "output": kwargs["output"] if kwargs["output"] != defaults.output else None,
         "privileged": kwargs["privileged"],
         "security_opt": list(kwargs["security_opt"]) or None,
+        "cap_add": list(kwargs["cap_add"]) or None,
+        "cap_drop": list(kwargs["cap_drop"]) or None,
+        "rootful_weak_isolation": kwargs["rootful_weak_isolation"] or None,
         "buildkitd_flags": kwargs["buildkitd_flags"] or None,
+        "hub_url": kwargs["hub_url"] if kwargs["hub_url"] != defaults.hub_url else None,
         "allow_prune": kwargs["allow_prune"] or None,
         "docker_cli": kwargs["docker_cli"],
         "build_timeout": kwargs["build_timeout"]

@@ -78,8 +78,12 @@ def start(
     timeout: float = 60,
     dockerd: str = "dockerd",
     owned: bool = False,
+    registry_mirrors: tuple[str, ...] = (),
 ) -> PrivateEngine:
     """Start (or find running) the private engine ``name``.
+
+    ``registry_mirrors`` are the engine's Docker Hub mirrors (``--registry-mirror``),
+    e.g. a local stand-in for Docker Hub where it cannot be reached.
 
     Raises:
         MissingRequirement: dockerd is not installed or we are not root.
@@ -118,6 +122,7 @@ def start(
             "--ip6tables=false" if _supports_ip6tables(binary) else "--ipv6=false",
             "--label",
             f"{ENGINE_LABEL}={name}",
+            *(f"--registry-mirror={mirror}" for mirror in registry_mirrors),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -185,6 +190,10 @@ def remove_data(paths: Paths, name: str) -> None:
     if engine is not None and engine.alive():
         raise InfraError(f"private engine {name} is still running")
     base, run = _dirs(paths, name)
+    # dockerd leaves its default network namespace bind-mounted; a mount point cannot go
+    netns = run / "exec" / "netns" / "default"
+    if os.path.ismount(netns):
+        subprocess.run(["umount", str(netns)], capture_output=True, check=False)
     shutil.rmtree(base, ignore_errors=True)
     shutil.rmtree(run, ignore_errors=True)
 

@@ -61,3 +61,11 @@ class VerifyError(ReproError):
 
 class PruneRefused(UsageError):
     """Pruning the builder cache of an engine the lab did not start needs consent."""
+
+
+class PrivilegesRefused(UsageError):
+    """The engine or its kernel refuses the privileges a BuildKit container asks for.
+
+    No try could run on such a host, so the batch stops at once (instead of
+    recording one build or infra error per try) with the known ways out.
+    """

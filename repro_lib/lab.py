@@ -387,7 +387,16 @@ class Registry:
     def _answers(self) -> bool:
         if self.container is not None:
             self.container.reload()
-            if self.container.status in ("exited", "dead"):
+            # A proxy whose upstream does not answer exits at once and the restart
+            # policy brings it back, again and again: a restart here is a failure.
+            restarted = self.container.attrs.get("RestartCount", 0) > 0
+            if self.proxy_remote and restarted and self.proxy_remote in self.logs():
+                raise InfraError(
+                    f"the {self.role} registry cannot reach its upstream {self.proxy_remote}",
+                    hint="check the network, pass --hub-url, or run --offline with local images",
+                    logs=self.logs(),
+                )
+            if self.container.status in ("exited", "dead") or restarted:
                 raise InfraError(
                     f"{self.role} registry exited: {self.logs()[-300:]}",
                     logs=self.logs(),
@@ -685,6 +694,29 @@ def leftovers(client: docker.DockerClient, run_id: str | None = None) -> dict[st
         "containers": [c.name for c in client.containers.list(all=True, filters=flt)],
         "volumes": [v.name for v in client.volumes.list(filters=flt)],
     }
+
+
+UNMASK_SYSTEM_PATHS = "systempaths=unconfined"
+
+
+def create_container(client: docker.DockerClient, **kwargs: Any) -> Container:
+    """``client.containers.create`` that also understands ``systempaths=unconfined``.
+
+    That security option exists only in the docker CLI, which turns it into empty
+    ``MaskedPaths``/``ReadonlyPaths``; the engine API rejects it and the SDK has no
+    argument for those two fields, so they are set on the host config here.
+    """
+    opts = list(kwargs.get("security_opt") or [])
+    if UNMASK_SYSTEM_PATHS not in opts:
+        return client.containers.create(**kwargs)
+    kwargs["security_opt"] = [o for o in opts if o != UNMASK_SYSTEM_PATHS]
+    from docker.models.containers import _create_container_args
+
+    create = _create_container_args({**kwargs, "version": client.api._version})
+    create["host_config"]["MaskedPaths"] = []
+    create["host_config"]["ReadonlyPaths"] = []
+    created = client.api.create_container(**create)
+    return client.containers.get(created["Id"])
 
 
 def describe_docker_error(exc: BaseException) -> str:

@@ -60,6 +60,9 @@ class TrialRecord:
     log_path: str = ""  # relative to the run directory (stores travel between machines)
     buildkit_version: str = ""  # for the engine backend: the BuildKit the engine vendors
     privileged: bool = False  # whether the BuildKit container ran --privileged
+    # effective security flags of the BuildKit container: privileged, cap_add, cap_drop,
+    # security_opt, mounts, weak_isolation ({} for backends without one)
+    security: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the try
     host: str = ""  # the Docker host that ran the try ($REPRO_LIB_HOST, else its hostname)
     cpus: int | None = None  # CPUs of that host, as its engine reports them
@@ -79,6 +82,7 @@ class TrialRecord:
         row["phases"] = json.dumps(self.phases)
         for name in _LIST_FIELDS:
             row[name] = json.dumps(getattr(self, name))
+        row["security"] = json.dumps(self.security, sort_keys=True)
         return row
 
     @classmethod
@@ -97,6 +101,7 @@ class TrialRecord:
                 values[name] = ""
         if values.get("attempt") is None:
             values.pop("attempt", None)
+        values["security"] = json.loads(values.get("security") or "{}")
         return cls(**values)
 
 

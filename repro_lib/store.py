@@ -143,12 +143,27 @@ class Store:
             ) from exc
 
     def _add_missing_columns(self) -> None:
-        """Stores written by an older version gain the newer columns (as NULL)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(trials)")}
-        for column in TRIAL_COLUMNS:
-            if column not in have:
+        """Stores written by an older version gain the newer columns (as NULL).
+
+        Two runs may open the same old store at once: the check and the upgrade
+        happen in one write transaction, so the second run sees the first's
+        columns instead of failing on a duplicate one.
+        """
+        if not self._missing_columns():
+            return
+        self._db.execute("BEGIN IMMEDIATE")  # waits (busy timeout) for the other writer
+        try:
+            for column in self._missing_columns():
                 sql_type = _SQL_TYPES.get(column, "TEXT").replace(" NOT NULL", "")
                 self._db.execute(f"ALTER TABLE trials ADD COLUMN {column} {sql_type}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _missing_columns(self) -> list[str]:
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(trials)")}
+        return [c for c in TRIAL_COLUMNS if c not in have]
 
     def _upgrade_runs(self) -> None:
         """Give an older store the runs columns of this version, before writing them."""

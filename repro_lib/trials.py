@@ -276,6 +276,7 @@ def _record(
         lost_reference=loss.reference if loss else "",
         evidence_path=evidence_path,
         buildctl_via=getattr(backend, "buildctl_via", ""),
+        security=dict(getattr(backend, "security", None) or {}),
     )
 
 

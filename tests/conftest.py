@@ -26,6 +26,7 @@ os.environ.setdefault("REPRO_LIB_LAB", f"test-{uuid.uuid4().hex[:8]}")
 
 BUILDKIT_AFFECTED = os.environ.get("REPRO_LIB_TEST_AFFECTED", "moby/buildkit:v0.9.0-rootless")
 BUILDKIT_FIXED = os.environ.get("REPRO_LIB_TEST_FIXED", "moby/buildkit:v0.9.1-rootless")
+BUILDKIT_ROOTFUL = os.environ.get("REPRO_LIB_TEST_ROOTFUL", "moby/buildkit:v0.9.0")
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +77,13 @@ def fixed_buildkit(docker_client):
     if not has_image(docker_client, BUILDKIT_FIXED):
         pytest.skip(f"needs the BuildKit image {BUILDKIT_FIXED} locally (cannot be pulled here)")
     return BUILDKIT_FIXED
+
+
+@pytest.fixture(scope="session")
+def rootful_buildkit(docker_client):
+    if not has_image(docker_client, BUILDKIT_ROOTFUL):
+        pytest.skip(f"needs the BuildKit image {BUILDKIT_ROOTFUL} locally (cannot be pulled here)")
+    return BUILDKIT_ROOTFUL
 
 
 def repro_lib_cmd(*args: str) -> list[str]:

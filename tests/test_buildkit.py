@@ -81,3 +81,19 @@ def test_oci_output_counts_the_lost_layer(
     # the lost layer is named by digest and by the step its history entry records
     assert all(len(r.lost_digests) == 1 and r.lost_steps == ["COPY repro.txt /"] for r in lost)
     assert all(r.lost_reference.startswith("export-oci") for r in lost)
+
+
+def test_rootful_image_without_privileged(
+    docker_client, fixture_images, rootful_buildkit, lab_home
+):
+    """A rootful image runs where --privileged is refused, with the flags spelled out."""
+    code, summary = _reproduce(
+        lab_home, rootful_buildkit, "--tries", "20", "--rootful-weak-isolation"
+    )
+    assert summary["tries"] == 20, summary
+    assert summary["build_errors"] == 0 and summary["infra_errors"] == 0, summary
+    with Store(lab_home / "data/raw/trials.sqlite") as store:
+        records = store.trials(summary["run_id"])
+    assert all(r.security["weak_isolation"] and not r.privileged for r in records)
+    assert all(r.security["cap_drop"] == ["SYS_RESOURCE"] for r in records)
+    assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}

@@ -51,6 +51,17 @@ BAD_INPUTS = [
     ("skip-create-cache-without-ref", lambda t: ["--skip-create-cache"], r"--cache-ref"),
     ("engine-with-local-cache", lambda t: ["--backend", "engine", "--cache", "local"], r"inline"),
     ("inline-with-container", lambda t: ["--cache", "inline"], r"inline.*engine"),
+    ("cap-add-not-a-name", lambda t: ["--cap-add", "SYS ADMIN"], r"not a capability name"),
+    (
+        "weak-isolation-with-engine",
+        lambda t: ["--backend", "engine", "--rootful-weak-isolation"],
+        r"engine backend does not run",
+    ),
+    (
+        "weak-isolation-with-privileged",
+        lambda t: ["--privileged", "--rootful-weak-isolation"],
+        r"replaces --privileged",
+    ),
     (
         "engine-unreachable",
         lambda t: ["--engine-host", f"unix://{t}/absent.sock"],
@@ -123,10 +134,15 @@ def test_help_documents_every_option():
         "--registry-image",
         "--privileged",
         "--security-opt",
+        "--cap-add",
+        "--cap-drop",
+        "--rootful-weak-isolation",
         "--allow-prune",
         "--json",
     ):
         assert option in proc.stdout
+    # the option that lowers isolation says so where users choose it
+    assert re.search(r"--rootful-weak-isolation\s+WEAKENS\s+ISOLATION", proc.stdout), proc.stdout
 
 
 def test_stop_on_failure_and_no_cleanup_then_reuse_the_cache(

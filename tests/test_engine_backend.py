@@ -137,6 +137,7 @@ def test_pruning_an_engine_the_lab_did_not_start_needs_consent(
     facts = lab.HostFacts.of(docker_client)
     if any(label.startswith("repro-lib.engine=") for label in facts.engine_labels):
         pytest.skip("this engine was started by the lab; refusal applies to other engines")
+    cached = _some_build_cache(docker_cli, lab_home, fixture_images["base"])
     with pytest.raises(PruneRefused, match="not started by the lab"):
         _run(docker_client, lab_home, _options(fixture_images, allow_prune=False, tries=1))
     args = [a for a in ENGINE_ARGS if a != "--allow-prune"]
@@ -145,6 +146,36 @@ def test_pruning_an_engine_the_lab_did_not_start_needs_consent(
     assert "--allow-prune" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+    # refused means untouched: the user's build cache is still there
+    assert cached <= _build_cache_ids(docker_client)
+    docker_client.api.prune_builds(all=True)  # this test's own cache
+
+
+def _build_cache_ids(client) -> set[str]:
+    return {entry["ID"] for entry in client.df().get("BuildCache") or []}
+
+
+def _some_build_cache(docker_cli, home, base) -> set[str]:
+    """Build something with BuildKit so the engine holds a cache worth protecting."""
+    import os
+    import subprocess
+
+    ctx = home / "user-build"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base}\nRUN echo user > /user.txt\n")
+    env = dict(os.environ, DOCKER_BUILDKIT="1")
+    proc = subprocess.run(
+        [docker_cli, "build", "--network", "host", "-o", f"type=tar,dest={ctx}/out.tar", str(ctx)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    client = lab.connect()
+    ids = _build_cache_ids(client)
+    assert ids, "the build left no cache to protect"
+    return ids
 
 
 def test_reproduce_engine_twenty_tries_cli(docker_client, fixture_images, docker_cli, lab_home):

@@ -81,6 +81,23 @@ def test_plan_file(tmp_path):
         load_plan(tmp_path / "none.toml")
 
 
+def test_plan_sets_the_container_security_flags_for_every_cell(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(
+        'versions = ["moby/buildkit:v0.9.0"]\ncap_add = "NET_ADMIN"\n'
+        'cap_drop = ["MKNOD"]\nrootful_weak_isolation = true\n'
+    )
+    plan = load_plan(path)
+    options = plan.batch_options(plan.cells()[0])
+    options.validate()  # a single capability may be written as a plain string
+    assert options.cap_add == ["NET_ADMIN"] and options.cap_drop == ["MKNOD"]
+    assert options.rootful_weak_isolation is True
+    path.write_text('versions = ["v0.9.0"]\ncap_add = ["NET ADMIN"]\n')
+    plan = load_plan(path)
+    with pytest.raises(UsageError, match="not a capability name"):
+        plan.batch_options(plan.cells()[0]).validate()
+
+
 def _records(outcomes: str) -> list[TrialRecord]:
     out = []
     for i, ch in enumerate(outcomes, start=1):

@@ -101,6 +101,7 @@ class Backend(Protocol):
     cache_type: str
     mode: str
     privileged: bool
+    security: dict[str, Any]  # effective container security flags, recorded per trial
     buildkit_version: str
     features: frozenset[str]  # which of FEATURES the backend supports
     cache_types: tuple[str, ...]  # the first is the default
@@ -123,7 +124,15 @@ class Backend(Protocol):
 
 BACKENDS: dict[str, Callable[..., Backend]] = {}
 FEATURES = frozenset(
-    {"registry-cache", "local-cache", "inline-cache", "daemon-mode", "oci-output", "mirror"}
+    {
+        "registry-cache",
+        "local-cache",
+        "inline-cache",
+        "daemon-mode",
+        "oci-output",
+        "mirror",
+        "security-flags",
+    }
 )
 
 
@@ -235,6 +244,39 @@ def cache_import_error(log: str) -> str | None:
         m = _IMPORT_ERROR_RE.match(line)
         if m and titles.get(m.group(1), "").startswith("importing cache"):
             return m.group(2)[:300]
+    return None
+
+
+_PULL_FAILURES = (
+    "connection refused",
+    "no such host",
+    "i/o timeout",
+    "unexpected status code",
+    "failed to do request",
+    "not found",
+    "eof",
+)
+
+
+def base_pull_error(log: str, base_images: list[str]) -> str | None:
+    """The error of a failed base-image pull, if the log shows one.
+
+    When the upstream of the mirror is gone, a base image (or layer) the mirror
+    never fetched cannot come: the try could not even start its build, so it is
+    infrastructure trouble, never evidence about the cache.
+    """
+    names = set()
+    for image in base_images:
+        ref = image.split("@")[0]
+        repo = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+        names |= {ref, repo if "/" in repo else f"library/{repo}"}
+    for line in log.splitlines():
+        low = line.lower()
+        if "failed to resolve source metadata" in low:
+            return " ".join(line.split())[:300]
+        failed = "error" in low or "failed" in low
+        if failed and any(n in line for n in names) and any(f in low for f in _PULL_FAILURES):
+            return " ".join(line.split())[:300]
     return None
 
 

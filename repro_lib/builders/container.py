@@ -24,10 +24,11 @@ import docker.errors
 import requests
 
 from .. import lab
-from ..errors import BuildFailed, InfraError, UsageError
+from ..errors import BuildFailed, InfraError, PrivilegesRefused, UsageError
 from . import (
     BatchEnv,
     BuildOutput,
+    base_pull_error,
     cache_import_error,
     count_cache_hits,
     log_tail,
@@ -47,6 +48,13 @@ ROOTLESS_SOCKET = "unix:///run/user/1000/buildkit/buildkitd.sock"
 ROOTFUL_SOCKET = "unix:///run/buildkit/buildkitd.sock"
 ROOTFUL_STATE = "/var/lib/buildkit"
 ROOTLESS_SECURITY = ("seccomp=unconfined", "apparmor=unconfined")
+# Rootful BuildKit where --privileged is refused (DESIGN.md: a VM whose bounding set
+# lacks CAP_SYS_RESOURCE). Every piece lowers the container's isolation from its host.
+WEAK_CAP_ADD = ("ALL",)
+WEAK_CAP_DROP = ("SYS_RESOURCE",)
+WEAK_SECURITY = ("seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined")
+CGROUP_ROOT = "/sys/fs/cgroup"  # RUN steps on cgroup v1 need it writable; a remount inside fails
+WEAK_OPTION = "--rootful-weak-isolation"
 OUTPUT_TYPES = ("tar", "oci")
 MODES = ("daemonless", "daemon")
 CACHE_TYPES = ("registry", "local")
@@ -79,6 +87,12 @@ class ContainerBackend:
         privileged: run BuildKit ``--privileged``; default: only for rootful images.
         security_opt: container security options; default: the public script's
             ``seccomp=unconfined``/``apparmor=unconfined`` for rootless images.
+        cap_add / cap_drop: capabilities added to / dropped from the BuildKit container.
+        rootful_weak_isolation: run rootful images without ``--privileged`` but with
+            every capability the host allows, no seccomp/AppArmor confinement, unmasked
+            system paths and (cgroup v1) the host's cgroup tree writable. Weaker isolation,
+            chosen explicitly and recorded per trial.
+        command: the command line of the batch, to print one that works when refused.
         buildkitd_flags: extra flags for buildkitd.
         output: ``tar`` (a flattened rootfs) or ``oci`` (an OCI image with layers).
         cache_ref / cache_dir: reuse a cache left by an earlier run (``--skip-create-cache``).
@@ -87,7 +101,9 @@ class ContainerBackend:
     name = "container"
     cache_types = CACHE_TYPES
     # "mirror": BuildKit in a container pulls the base image through the lab's mirror
-    features = frozenset({"registry-cache", "local-cache", "daemon-mode", "oci-output", "mirror"})
+    features = frozenset(
+        {"registry-cache", "local-cache", "daemon-mode", "oci-output", "mirror", "security-flags"}
+    )
 
     @classmethod
     def from_options(cls, options: Any) -> ContainerBackend:
@@ -98,6 +114,10 @@ class ContainerBackend:
             mode=options.mode,
             privileged=options.privileged,
             security_opt=options.security_opt,
+            cap_add=options.cap_add,
+            cap_drop=options.cap_drop,
+            rootful_weak_isolation=options.rootful_weak_isolation,
+            command=options.command,
             buildkitd_flags=(
                 f"{options.buildkitd_flags} --debug".strip()
                 if getattr(options, "debug_failures", False)
@@ -118,6 +138,10 @@ class ContainerBackend:
         mode: str = "daemonless",
         privileged: bool | None = None,
         security_opt: list[str] | None = None,
+        cap_add: list[str] | None = None,
+        cap_drop: list[str] | None = None,
+        rootful_weak_isolation: bool = False,
+        command: str = "",
         buildkitd_flags: str = "",
         output: str = "tar",
         cache_ref: str | None = None,
@@ -141,6 +165,12 @@ class ContainerBackend:
         self.buildkit_version = self.version
         self._privileged_opt = privileged
         self._security_opt = security_opt
+        self._cap_add = list(cap_add or [])
+        self._cap_drop = list(cap_drop or [])
+        self.weak_isolation = rootful_weak_isolation
+        self.command = command
+        self.security: dict[str, Any] = {}
+        self._cgroups: str | None = None
         self.buildkitd_flags = buildkitd_flags
         self.cache_ref = cache_ref
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -165,6 +195,14 @@ class ContainerBackend:
             lab.ensure_image(env.client, image, offline=env.offline)
         if self.cache_type == "local" and self.cache_dir is None:
             self.cache_dir = env.work_dir / "cache"
+        if self.weak_isolation and not any(
+            not is_rootless(i, env.client.images.get(i).attrs)
+            for i in dict.fromkeys([self.image, self.cache_image])
+        ):
+            raise UsageError(
+                f"{WEAK_OPTION} is for rootful BuildKit images; {self.image} is rootless",
+                hint=f"drop {WEAK_OPTION} (rootless images need no privileges)",
+            )
         self.state = lab.StateVolume(
             env.client, env.run_id, lane=lane, keep=env.keep, label_id=env.label_id
         )
@@ -173,9 +211,20 @@ class ContainerBackend:
         """Path of the state volume and the security flags for one image."""
         attrs = self.env.client.images.get(image).attrs  # type: ignore[union-attr]
         rootless = is_rootless(image, attrs)
-        privileged = (not rootless) if self._privileged_opt is None else self._privileged_opt
+        weak = self.weak_isolation and not rootless
+        privileged = (
+            (not rootless and not weak) if self._privileged_opt is None else self._privileged_opt
+        )
+        cap_add, cap_drop, mounts = list(self._cap_add), list(self._cap_drop), []
+        if weak:
+            cap_add = [*WEAK_CAP_ADD, *cap_add]
+            cap_drop = [*WEAK_CAP_DROP, *cap_drop]
+            if self._cgroup_version() == "1":
+                mounts = [f"{CGROUP_ROOT}:{CGROUP_ROOT}:rw"]
         if self._security_opt is not None:
             security = list(self._security_opt)
+        elif weak:
+            security = list(WEAK_SECURITY)
         else:
             security = [] if privileged else list(ROOTLESS_SECURITY)
         flags = "--oci-worker-no-process-sandbox " if rootless else ""
@@ -185,8 +234,22 @@ class ContainerBackend:
             "state_path": ROOTLESS_STATE if rootless else ROOTFUL_STATE,
             "privileged": privileged,
             "security_opt": security,
+            "cap_add": list(dict.fromkeys(cap_add)),
+            "cap_drop": list(dict.fromkeys(cap_drop)),
+            "mounts": mounts,
+            "weak_isolation": weak,
             "buildkitd_flags": flags.strip(),
         }
+
+    def _cgroup_version(self) -> str:
+        """The engine host's cgroup version ("1" or "2"); the engine may be remote."""
+        if self._cgroups is None:
+            try:
+                info = self.env.client.info()  # type: ignore[union-attr]
+            except docker.errors.DockerException as exc:
+                raise InfraError(f"cannot query the engine: {exc}") from exc
+            self._cgroups = str(info.get("CgroupVersion") or "1")
+        return self._cgroups
 
     @property
     def cache_location(self) -> str:
@@ -267,17 +330,36 @@ class ContainerBackend:
         assert env is not None and self.state is not None
         profile = self._profile(image)
         self.privileged = profile["privileged"]
+        self.security = {
+            k: profile[k]
+            for k in (
+                "privileged",
+                "cap_add",
+                "cap_drop",
+                "security_opt",
+                "mounts",
+                "weak_isolation",
+            )
+        }
+        volumes = {self.state.name: {"bind": profile["state_path"], "mode": "rw"}}
+        for mount in profile["mounts"]:
+            host, inside, mode = mount.split(":")
+            volumes[host] = {"bind": inside, "mode": mode}
         kwargs: dict[str, Any] = {
             "image": image,
             "command": command,
             "name": name,
             "environment": {"BUILDKITD_FLAGS": profile["buildkitd_flags"]},
             "network_mode": "host",
-            "volumes": {self.state.name: {"bind": profile["state_path"], "mode": "rw"}},
+            "volumes": volumes,
             "labels": lab.role_labels(env.label_id, role, keep=env.keep),
             "security_opt": profile["security_opt"],
             "privileged": profile["privileged"],
         }
+        if profile["cap_add"]:
+            kwargs["cap_add"] = profile["cap_add"]
+        if profile["cap_drop"]:
+            kwargs["cap_drop"] = profile["cap_drop"]
         if role == "buildkit-daemon":
             kwargs["entrypoint"] = (["rootlesskit"] if profile["rootless"] else []) + ["buildkitd"]
             kwargs["command"] = shlex.split(profile["buildkitd_flags"])
@@ -327,7 +409,7 @@ class ContainerBackend:
         phases: dict[str, float] = {}
         container = None
         try:
-            container = env.client.containers.create(**kwargs)
+            container = lab.create_container(env.client, **kwargs)
             container.put_archive("/", self._staging_tar())
             t0 = time.monotonic()
             container.start()
@@ -349,6 +431,9 @@ class ContainerBackend:
             path = write_log(env, f"{tag}.log", self._header(kwargs) + log)
             code = status.get("StatusCode", -1)
             if code != 0:
+                if refused := refusal(log, kwargs, self.command):
+                    raise refused
+                self._check_base_pull(log)
                 raise BuildFailed(
                     f"buildctl exited {code}: {_reason(log)} (log: {path})",
                     log_tail=log_tail(log),
@@ -366,9 +451,10 @@ class ContainerBackend:
         except docker.errors.ImageNotFound as exc:
             raise InfraError(f"image {image} vanished: {lab.describe_docker_error(exc)}") from exc
         except docker.errors.DockerException as exc:
-            raise InfraError(
-                f"BuildKit container failed: {lab.describe_docker_error(exc)}"
-            ) from exc
+            text = lab.describe_docker_error(exc)
+            if refused := refusal(text, kwargs, self.command):
+                raise refused from exc
+            raise InfraError(f"BuildKit container failed: {text}") from exc
         finally:
             if container is not None and not env.keep:
                 with contextlib.suppress(docker.errors.DockerException):
@@ -420,6 +506,13 @@ class ContainerBackend:
     def _header(kwargs: dict[str, Any]) -> str:
         return f"# container: {lab.container_kwargs_for_log(kwargs)}\n"
 
+    def _check_base_pull(self, log: str) -> None:
+        """A base image the mirror cannot give (cold miss, upstream gone) is infra trouble."""
+        env = self.env
+        assert env is not None
+        if error := base_pull_error(log, env.scenario.base_images()):
+            raise InfraError(f"the base image could not be pulled through the mirror: {error}")
+
     # daemon mode ---------------------------------------------------------------
     def _host_buildctl(self) -> Path | str:
         """The image's own buildctl, copied out once per batch, if it runs on this host.
@@ -463,18 +556,28 @@ class ContainerBackend:
             self.daemon_addr = f"tcp://127.0.0.1:{lab.free_port()}"
         name = f"{lab.NAME_PREFIX}-{env.run_id}-l{self.lane}-daemon-c{self._cycle}"
         kwargs = self.container_kwargs(self.image, [], "buildkit-daemon", name)
+        daemon = None
         try:
-            daemon = env.client.containers.create(**kwargs)
+            daemon = lab.create_container(env.client, **kwargs)
             daemon.put_archive("/", self._staging_tar())
             daemon.start()
         except docker.errors.DockerException as exc:
-            raise InfraError(f"cannot start buildkitd: {lab.describe_docker_error(exc)}") from exc
+            text = lab.describe_docker_error(exc)
+            if daemon is not None and not env.keep:
+                with contextlib.suppress(docker.errors.DockerException):
+                    daemon.remove(force=True)
+            if refused := refusal(text, kwargs, self.command):
+                raise refused from exc
+            raise InfraError(f"cannot start buildkitd: {text}") from exc
         self.daemon = daemon
 
         def ready() -> bool:
             daemon.reload()
             if daemon.status in ("exited", "dead"):
-                raise InfraError(f"buildkitd exited: {log_tail(self._logs(daemon), 3)}")
+                log = self._logs(daemon)
+                if refused := refusal(log, kwargs, self.command):
+                    raise refused
+                raise InfraError(f"buildkitd exited: {log_tail(log, 3)}")
             if self.daemon_addr:
                 # a TCP connect costs nothing; buildctl (a process per probe) only once it listens
                 host, port = self.daemon_addr.removeprefix("tcp://").rsplit(":", 1)
@@ -545,6 +648,7 @@ class ContainerBackend:
         phases["build"] = time.monotonic() - t0
         path = write_log(env, f"{tag}.log", header + log)
         if code != 0:
+            self._check_base_pull(log)
             raise BuildFailed(
                 f"buildctl exited {code}: {_reason(log)} (log: {path})",
                 log_tail=log_tail(log),
@@ -608,6 +712,67 @@ def _output(
     if not steps:  # no step lines (an unexpected log format): cannot tell, rather than "no hits"
         return BuildOutput(tarball, log, seconds, phases=phases)
     return BuildOutput(tarball, log, seconds, phases=phases, cache_hits=hits, cache_steps=steps)
+
+
+def refusal(text: str, kwargs: dict[str, Any], command: str = "") -> PrivilegesRefused | None:
+    """A refusal of the container's privileges in an engine error or a BuildKit log, explained.
+
+    Such a host fails every try the same way, so the batch must stop with the way
+    out instead of piling up infra or build errors that say nothing about BuildKit.
+    """
+    low = text.lower()
+    if "unable to apply caps" in low:
+        line = _line_with(text, "unable to apply caps")
+        if kwargs.get("privileged"):
+            return PrivilegesRefused(
+                f"this engine refuses --privileged containers ({line}); its host lacks"
+                " capabilities a privileged container gets",
+                hint=f"run instead: {_weak_command(command, kwargs.get('image', ''))}"
+                " — that option weakens isolation; or use a -rootless image",
+            )
+        return PrivilegesRefused(
+            f"this engine refuses the capabilities asked for (cap_add={kwargs.get('cap_add', [])},"
+            f" cap_drop={kwargs.get('cap_drop', [])}): {line}",
+            hint="add --cap-drop NAME for each capability the engine's host lacks"
+            " (e.g. SYS_RESOURCE in nested containers), or use a -rootless image",
+        )
+    # rootlesskit's own line, e.g. "[rootlesskit:parent] error: failed to start the child:
+    # fork/exec /proc/self/exe: permission denied"; a build step's denial is not one
+    line = next(
+        (
+            " ".join(ln.split())[:300]
+            for ln in text.splitlines()
+            if ("/proc/self/exe" in ln or "rootlesskit" in ln)
+            and ("permission denied" in ln.lower() or "operation not permitted" in ln.lower())
+        ),
+        "",
+    )
+    if line:
+        return PrivilegesRefused(
+            f"rootless BuildKit cannot create its user namespace ({line}); hosts such as"
+            " Ubuntu 24.04 restrict unprivileged user namespaces through AppArmor"
+            " (kernel.apparmor_restrict_unprivileged_userns=1)",
+            hint="on the engine's host run `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`,"
+            " or load an AppArmor profile that allows userns for the container, or use a rootful"
+            f" image with {WEAK_OPTION} (weakens isolation)",
+        )
+    return None
+
+
+def _line_with(text: str, needle: str) -> str:
+    for line in text.splitlines():
+        if needle.lower() in line.lower():
+            return " ".join(line.split())[:300]
+    return ""
+
+
+def _weak_command(command: str, image: str) -> str:
+    """The batch's own command line with ``--privileged`` swapped for the named option."""
+    words = shlex.split(command) if command.startswith("repro-lib ") else []
+    if not words:
+        words = ["repro-lib", "reproduce", "--image", image or "IMAGE"]
+    words = [w for w in words if w not in ("--privileged", WEAK_OPTION)] + [WEAK_OPTION]
+    return shlex.join(words)
 
 
 def _reason(log: str) -> str:

@@ -5,15 +5,25 @@ the CLI (``DOCKER_BUILDKIT=1``, ``--progress=plain``); pushes, image removal and
 builder-cache pruning go through the SDK. A reset prunes the engine's whole
 builder cache, so it is refused on an engine the lab did not start unless the
 user passes ``allow_prune``.
+
+Two batches on one engine (two users, or a batch and a bench) would prune each
+other's state in the middle of a reset cycle, which makes ``since_reset`` a lie,
+and dockerd 20.10 was seen to crash (a nil dereference in its BuildKit cache
+manager) when a prune met another build's cache import. So a batch holds the
+engine's lock from each reset to the next: cycles of different batches take
+turns, and each cycle sees only its own builds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +113,37 @@ def find_docker_cli(explicit: str | None = None) -> str:
     )
 
 
+class EngineLock:
+    """An exclusive lock on one engine's builder cache, shared by every process on this host."""
+
+    def __init__(self, engine_host: str) -> None:
+        digest = hashlib.sha256(engine_host.encode()).hexdigest()[:16]
+        self.path = Path(tempfile.gettempdir()) / f"repro-lib-engine-{digest}.lock"
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits for the other batch's cycle to end
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
 @register("engine")
 class EngineBackend:
     """The engine's BuildKit, inline cache pushed to the lab's cache registry.
@@ -117,6 +158,7 @@ class EngineBackend:
     mode = "engine"
     cache_type = "inline"
     privileged = False
+    security: dict[str, Any] = {}  # no BuildKit container of ours: the engine's own settings apply
     cache_types = ("inline",)
     features = frozenset({"inline-cache"})  # no mirror: the engine builds FROM its own images
 
@@ -159,6 +201,7 @@ class EngineBackend:
         self.env: BatchEnv | None = None
         self.cli = ""
         self.context_dir: Path | None = None
+        self.lock: EngineLock | None = None
 
     def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
         self.env = env
@@ -170,6 +213,7 @@ class EngineBackend:
                 hint="use `repro-lib engine start` and --engine-host, or pass --allow-prune",
             )
         self.cli = find_docker_cli(self.docker_cli)
+        self.lock = EngineLock(lab.engine_host_of(env.client))
         self.image = self.cache_image = f"engine:{facts.engine_version}"
         self.version = self.cache_version = f"engine-{facts.engine_version}"
         self.buildkit_version = engine_buildkit_version(facts.engine_version)
@@ -201,7 +245,11 @@ class EngineBackend:
 
     def reset(self) -> None:
         env = self.env
-        assert env is not None
+        assert env is not None and self.lock is not None
+        if self.lock.held:
+            self.lock.release()  # between two cycles another batch may take its turn
+            time.sleep(0.05)
+        self.lock.acquire()
         try:
             for image in env.client.images.list(filters=lab.label_filter(env.label_id)):
                 with contextlib.suppress(docker.errors.NotFound):
@@ -228,10 +276,12 @@ class EngineBackend:
 
     def close(self) -> None:
         env = self.env
-        if env is None or env.keep:
-            return
-        with contextlib.suppress(InfraError):
-            self.reset()
+        if self.lock is None:
+            return  # never prepared (e.g. pruning refused): nothing of ours to prune
+        if env is not None and not env.keep:
+            with contextlib.suppress(InfraError):
+                self.reset()
+        self.lock.release()
 
     # the CLI call ----------------------------------------------------------------
     def _docker_build(self, extra: list[str], tag: str) -> BuildOutput:

@@ -421,7 +421,7 @@ def close_sessions(sweep_id: str) -> int:
 
 def _session(spec: dict[str, Any], plan: Any, paths: Paths) -> Any:
     """This worker's registries for the sweep: started by its first cell, kept for the rest."""
-    from ..batch import LabSession
+    from ..batch import BatchOptions, LabSession
     from ..builders import backend_class, supports
     from ..scenario import load_scenario
 
@@ -445,6 +445,7 @@ def _session(spec: dict[str, Any], plan: Any, paths: Paths) -> Any:
                 registry_image=plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE),
                 need_mirror=supports(backend_class(plan.backend), "mirror"),
                 seed_images=scenario.base_images(),
+                hub_url=plan.batch.get("hub_url", BatchOptions.hub_url),
             )
             session.__enter__()
             _SESSIONS[key] = session

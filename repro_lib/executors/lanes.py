@@ -14,7 +14,7 @@ import threading
 import docker
 
 from .. import lab
-from ..batch import LabSession
+from ..batch import BatchOptions, LabSession
 from ..builders import backend_class, supports
 from ..config import Paths, lab_id
 from ..progress import SweepProgress
@@ -132,6 +132,7 @@ class LocalLanes:
                     registry_image=plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE),
                     need_mirror=supports(backend_class(plan.backend), "mirror"),
                     seed_images=scenario.base_images(),
+                    hub_url=plan.batch.get("hub_url", BatchOptions.hub_url),
                 )
             )
             if plan.backend != "container" and lanes > 1:
