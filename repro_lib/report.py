@@ -231,6 +231,15 @@ def _cell(value: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def frame_to_markdown(df: pd.DataFrame, *, digits: int = 3) -> str:
+    """A DataFrame as a Markdown table (floats rounded), e.g. for the README."""
+    rows = [
+        [f"{v:.{digits}f}" if isinstance(v, float) else v for v in row]
+        for row in df.itertuples(index=False)
+    ]
+    return _table([str(c) for c in df.columns], rows)
+
+
 def _table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> str:
     align = align or "l" * len(headers)
     marks = ["---:" if a == "r" else "---" for a in align]

@@ -376,3 +376,10 @@ def test_findings_notebook_defaults_to_the_findings_dataset(kernel, sample_store
     paths.findings_store.write_bytes(sample_store.read_bytes())
     nb = run_notebook(NOTEBOOKS / "05-findings.ipynb", {}, tmp_path)
     assert f"280 trials from {paths.findings_store}" in text_of(nb)
+    # run on the findings dataset, it regenerates the README's figures and table
+    figures = tmp_path / "docs" / "findings"
+    assert sorted(p.name for p in figures.iterdir()) == [
+        "findings-table.md",
+        "hazard-by-position.png",
+        "rate-vs-reset.png",
+    ]
