@@ -419,6 +419,10 @@ def close_sessions(sweep_id: str) -> int:
     return closed
 
 
+def _label_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
 def _session(spec: dict[str, Any], plan: Any, paths: Paths) -> Any:
     """This worker's registries for the sweep: started by its first cell, kept for the rest."""
     from ..batch import BatchOptions, LabSession
@@ -437,9 +441,11 @@ def _session(spec: dict[str, Any], plan: Any, paths: Paths) -> Any:
             if plan.backend == "container":
                 for image in {spec["cell"]["image"], spec["cell"]["cache_image"]} - {None}:
                     lab.ensure_image(client, image, offline=offline)
+            # workers sharing one engine (a LocalCluster) must not share labels: one
+            # worker's cleanup would remove another's registries
             session = LabSession(
                 client,
-                session_id,
+                f"{session_id}-{_label_safe(lab.host_name())}",
                 paths=paths,
                 offline=offline,
                 registry_image=plan.batch.get("registry_image", lab.DEFAULT_REGISTRY_IMAGE),
