@@ -291,6 +291,9 @@ def _cluster_client(cluster: str | None, lanes: int) -> Iterator[Any]:
     from .executors.cluster import open_cluster
 
     dask_client = open_cluster(cluster, lanes=lanes)
+    # a long-lived cluster has imported the lab already; a fresh one must not bill it to throughput
+    dask_client.wait_for_workers(1, timeout=60)
+    dask_client.run(_import_lab)
     try:
         yield dask_client
     finally:
@@ -298,6 +301,13 @@ def _cluster_client(cluster: str | None, lanes: int) -> Iterator[Any]:
         dask_client.close()
         if local is not None:
             local.close()
+
+
+def _import_lab() -> bool:
+    import repro_lib.executors.cluster  # noqa: F401
+    import repro_lib.sweep  # noqa: F401
+
+    return True
 
 
 def _pct(x: float | None) -> str:

@@ -744,7 +744,8 @@ def _batch_notes(df: pd.DataFrame) -> list[str]:
     split = [c for c in checks if c.disagree(ALPHA) or c.overdispersed(ALPHA)]
     notes = []
     for c in split:
-        part = df[(df["cell"] == c.cell) & df["counted"]]
+        column = "configuration" if "configuration" in df.columns else "cell"
+        part = df[(df[column] == c.cell) & df["counted"]]
         robust = batch_rate(part, alpha=ALPHA)
         notes.append(
             f"Batches disagree in cell {c.cell} ({c.describe()}): its failure probability "

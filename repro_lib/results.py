@@ -17,6 +17,9 @@ cache_used : boolean (nullable)
 version_label : str
     The importer's version, or ``"<version><-<cache_version>"`` when the
     imported cache was exported by another version (e.g. ``v0.7.0<-v0.9.0``).
+configuration : str
+    ``cell`` without a ``/rep=N`` replicate suffix: replicate batches of one
+    configuration share it (and are tested for agreement under it).
 cell : str
     The stored cell, or when none was stored a key
     ``backend=…/version=…/cache=…/reset=K/mode=…`` where ``version`` is the
@@ -65,6 +68,7 @@ _INT_COLUMNS = (
     "cpus",
     "attempt",
 )
+_REPLICATE = re.compile(r"/rep=\d+$")
 _LIST_COLUMNS = ("missing", "layer_digests", "lost_steps", "lost_digests")
 #: columns of the ``batches`` table joined to every trial of its run
 BATCH_COLUMNS = {
@@ -246,6 +250,11 @@ def derive(raw: pd.DataFrame) -> pd.DataFrame:
         ],
         index=df.index,
         dtype=object,
+    )
+    # replicate batches of one configuration (``/rep=N`` cells) are pooled, and tested
+    # for agreement, under the configuration
+    df["configuration"] = pd.Series(
+        [_REPLICATE.sub("", str(c)) for c in df["cell"]], index=df.index, dtype=object
     )
     return df[list(RESULT_COLUMNS) + [c for c in df.columns if c not in RESULT_COLUMNS]]
 

@@ -1632,7 +1632,7 @@ class BatchHeterogeneity:
 
 
 def batch_heterogeneity(
-    df: pd.DataFrame, *, cell: str = "cell", by: str = "run_id"
+    df: pd.DataFrame, *, cell: str = "configuration", by: str = "run_id"
 ) -> list[BatchHeterogeneity]:
     """Per cell with two or more batches, test whether the batches disagree.
 
@@ -1640,8 +1640,9 @@ def batch_heterogeneity(
     ----------
     df : DataFrame
         Trials as from ``load_results``.
-    cell : str, default "cell"
-        The column naming cells.
+    cell : str, default "configuration"
+        The column naming cells; ``configuration`` (from ``load_results``) is the
+        cell without its ``/rep=N`` replicate suffix, so replicates are compared.
     by : str, default "run_id"
         The batch column (one run = one batch: replicates, resumed runs, hosts).
 
@@ -1651,6 +1652,8 @@ def batch_heterogeneity(
         One per cell with at least two batches with counted tries, in cell order.
     """
     d = _counted_frame(df)
+    if cell == "configuration" and cell not in d.columns:
+        cell = "cell"  # a frame that was not derived: its cells are the configurations
     if d.empty or by not in d.columns or cell not in d.columns:
         return []
     out = []

@@ -383,3 +383,17 @@ def test_findings_notebook_defaults_to_the_findings_dataset(kernel, sample_store
         "hazard-by-position.png",
         "rate-vs-reset.png",
     ]
+
+
+def test_findings_notebook_on_the_shipped_findings_dataset(kernel, tmp_path):
+    store = Paths(ROOT).findings_store
+    if not store.is_file():
+        pytest.skip(f"no findings dataset shipped at {store.relative_to(ROOT)}")
+    nb = run_notebook(NOTEBOOKS / "05-findings.ipynb", {"STORE": str(store)}, tmp_path)
+    _check_findings(nb, store)
+    text = text_of(nb)
+    # the K-curve is tested against the hazard model over every K of v0.9.0
+    assert "v0.9.0: the observed rate over K = 1, 2, 3, 4, 6, 8, 16" in text
+    # replicate batches of one configuration are compared with each other
+    assert "reset=4/mode=daemon: " in text and "nothing to test" not in text
+    assert "v0.7.2<-v0.9.0" in text  # the cross-version cells
