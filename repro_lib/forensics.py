@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import lab
 from .verify import _norm, member_bytes
 
 #: digests of layers known to hold nothing (a tar of two zero blocks, and its gzips)
@@ -348,14 +349,9 @@ def _layers_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 class _Registry:
     def __init__(self, ref: str, timeout: float) -> None:
-        host, _, rest = ref.partition("/")
-        repo, _, tag = rest.rpartition(":") if ":" in rest.split("/")[-1] else (rest, "", "latest")
-        self.base, self.repo, self.tag, self.timeout = (
-            f"http://{host}/v2/{repo}",
-            repo,
-            tag,
-            timeout,
-        )
+        name, self.tag = lab.split_tag(ref)
+        host, _, self.repo = name.partition("/")
+        self.base, self.timeout = f"http://{host}/v2/{self.repo}", timeout
 
     def get(self, path: str, accept: str | None = None) -> tuple[bytes, dict[str, str]]:
         request = urllib.request.Request(f"{self.base}/{path}")
