@@ -288,7 +288,7 @@ def _cluster_client(cluster: str | None, lanes: int) -> Iterator[Any]:
     if cluster is None:
         yield None
         return
-    from .executors.cluster import open_cluster
+    from .executors.cluster import close_cluster, open_cluster
 
     dask_client = open_cluster(cluster, lanes=lanes)
     # a long-lived cluster has imported the lab already; a fresh one must not bill it to throughput
@@ -297,10 +297,7 @@ def _cluster_client(cluster: str | None, lanes: int) -> Iterator[Any]:
     try:
         yield dask_client
     finally:
-        local = getattr(dask_client, "cluster", None)
-        dask_client.close()
-        if local is not None:
-            local.close()
+        close_cluster(dask_client)
 
 
 def _import_lab() -> bool:

@@ -250,12 +250,7 @@ class DaskExecutor:
     def close(self) -> None:
         self._stack.close()
         if self.owns_client:
-            cluster = getattr(self.dask, "cluster", None)
-            with contextlib.suppress(Exception):
-                self.dask.close()
-            if cluster is not None:
-                with contextlib.suppress(Exception):
-                    cluster.close()
+            close_cluster(self.dask)
 
 
 def open_cluster(cluster: str, *, lanes: int = 2) -> Any:
@@ -290,6 +285,16 @@ def open_cluster(cluster: str, *, lanes: int = 2) -> Any:
             f"cannot reach the Dask scheduler at {address}: {str(exc).splitlines()[0]}",
             hint="start it with `dask scheduler`, or check --cluster (tls:// needs Dask's TLS settings)",
         ) from None
+
+
+def close_cluster(dask_client: Any) -> None:
+    """Close a client from :func:`open_cluster`, and the LocalCluster it started, if any."""
+    local = getattr(dask_client, "cluster", None)
+    with contextlib.suppress(Exception):
+        dask_client.close()
+    if local is not None:
+        with contextlib.suppress(Exception):
+            local.close()
 
 
 def _task_error(future: Any, cell: str) -> BaseException:
