@@ -275,6 +275,18 @@ class CacheFacts:
     manifest_path: str = ""  # relative to the run directory
     reference: dict[str, Any] | None = None
 
+    def describe(self, *, short: bool = False) -> list[str]:
+        """What the cache held, as Markdown lines: a sentence and its layer table."""
+        if self.status != "ok":
+            return [f"Not readable: {self.detail}"]
+        return [
+            f"`{self.location}` ({self.cache_type} cache exported by `{self.exporter}`): "
+            f"manifest `{self.manifest_digest}`, {self.layer_count} layers, "
+            f"{self.empty_layers} of them empty.",
+            "",
+            *self.layer_table(short=short),
+        ]
+
     def layer_table(self, *, short: bool = False) -> list[str]:
         """The cache's layers as a Markdown table, empty layers marked."""
         lines = ["| # | digest | size | media type | empty |", "|---:|---|---:|---|---|"]
@@ -469,16 +481,7 @@ def write_bundle(
         lines.append(f"- files the cache-export build had and this output lacks: {shown}")
     lines.append(f"- judged against: {loss.reference}")
     if facts is not None:
-        lines += ["", "## The imported cache", ""]
-        if facts.status != "ok":
-            lines.append(f"Not readable: {facts.detail}")
-        else:
-            lines.append(
-                f"`{facts.location}` ({facts.cache_type}, exported by `{facts.exporter}`), "
-                f"manifest `{facts.manifest_digest}`, {facts.layer_count} layers, "
-                f"{facts.empty_layers} empty"
-            )
-            lines += ["", *facts.layer_table(short=True)]
+        lines += ["", "## The imported cache", "", *facts.describe(short=True)]
     lines += ["", "## Files", ""]
     lines += [f"- `{p.name}`" for p in sorted(bundle.iterdir()) if p.name != "what-was-lost.md"]
     (bundle / "what-was-lost.md").write_text("\n".join(lines) + "\n")

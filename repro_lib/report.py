@@ -690,16 +690,7 @@ def _what_was_lost(df: pd.DataFrame, batches: dict[str, Any], runs_dir: Path | N
         lines += ["", f"{unnamed} failures were recorded before lost steps were (no step named)."]
     facts = next((batches[r] for r in failed["run_id"].unique() if r in batches), None)
     if facts is not None:
-        lines += ["", f"### The exported cache of run `{facts.run_id}`", ""]
-        if facts.status != "ok":
-            lines.append(f"Not readable: {facts.detail}")
-        else:
-            lines.append(
-                f"`{facts.cache_type}` cache exported by `{facts.exporter}`: manifest "
-                f"`{facts.manifest_digest}`, {facts.layer_count} layers, "
-                f"{facts.empty_layers} of them empty."
-            )
-            lines += ["", *facts.layer_table()]
+        lines += ["", f"### The exported cache of run `{facts.run_id}`", "", *facts.describe()]
     example = failed[failed["evidence_path"].fillna("").astype(str) != ""].head(1)
     if len(example) and runs_dir is not None:
         from .forensics import find_run_dir
