@@ -53,6 +53,15 @@ def _counted(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["counted"]]
 
 
+def _model_band(ax: Any, x: Any, mid: Any, band: pd.DataFrame, colour: Any) -> None:
+    """A model's prediction (dashed) with its ``low``–``high`` band, kept out of the legend."""
+    xs = np.asarray(x, dtype=float)
+    ax.plot(xs, mid, linestyle="--", color=colour, label="_nolegend_")
+    ax.fill_between(
+        xs, band["low"], band["high"], color=colour, alpha=0.15, linewidth=0, label="_nolegend_"
+    )
+
+
 def _no_data(title: str, message: str = "no data") -> Figure:
     fig = Figure(figsize=(6.4, 4.0), layout="constrained")
     ax = fig.add_subplot()
@@ -151,17 +160,7 @@ def plot_rate_vs_reset(
         if label in fitted:
             colour = bars.lines[0].get_color()
             curve = fitted[label].k_curve(grid)
-            ks = curve["reset_freq"].to_numpy(float)
-            ax.plot(ks, curve["rate"], linestyle="--", color=colour, label="_nolegend_")
-            ax.fill_between(
-                ks,
-                curve["low"],
-                curve["high"],
-                color=colour,
-                alpha=0.15,
-                linewidth=0,
-                label="_nolegend_",
-            )
+            _model_band(ax, curve["reset_freq"], curve["rate"], curve, colour)
     ax.set_xscale("log", base=2)
     freqs = sorted(table["reset_freq"].astype(int).unique())
     ax.set_xticks(freqs, [str(f) for f in freqs])
@@ -246,17 +245,7 @@ def plot_rate_by_position(
         if label in fitted:
             colour = bars.lines[0].get_color()
             band = fitted[label].to_frame()
-            ps = band["position"].to_numpy(float) + offset
-            ax.plot(ps, band["hazard"], linestyle="--", color=colour, label="_nolegend_")
-            ax.fill_between(
-                ps,
-                band["low"],
-                band["high"],
-                color=colour,
-                alpha=0.15,
-                linewidth=0,
-                label="_nolegend_",
-            )
+            _model_band(ax, band["position"] + offset, band["hazard"], band, colour)
     positions = sorted(table["since_reset"].astype(int).unique())
     if len(positions) <= 20:
         ax.set_xticks(positions, [str(p) for p in positions])
