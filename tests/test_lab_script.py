@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "lab"
-TOOLS = ("dirname", "id", "grep", "sed", "tr", "cat")
+TOOLS = ("dirname", "id", "grep", "sed", "tr", "cat", "mkdir", "seq", "sleep", "tail")
 
 STUB = """#!/bin/bash
 echo "{name} $*" >> "$STUB_LOG"
@@ -34,9 +34,18 @@ done
 exit 1""",
     "apt-cache": """for p in $STUB_APT_KNOWN; do [ "$p" = "$2" ] && exit 0; done
 exit 100""",
-    "apt-get": """case " $* " in *" -s "*) for p in $STUB_APT_REMOVES; do echo "Remv $p [1.0]"; done ;; esac
+    # a real install of docker.io leaves a dockerd behind, as the package does
+    "apt-get": """case " $* " in
+  *" -s "*) for p in $STUB_APT_REMOVES; do echo "Remv $p [1.0]"; done ;;
+  *" install "*" docker.io "*) printf '#!/bin/bash\\necho "dockerd $*" >> "$STUB_LOG"\\necho up > "$HOME/engine-up"\\n' > "$(dirname "$0")/dockerd"
+    /bin/chmod +x "$(dirname "$0")/dockerd" ;;
+esac
 exit 0""",
+    # `docker info` answers when the engine is up, or through a current context
+    # (then only without DOCKER_HOST, which overrides contexts)
     "docker": """[ "$1" = info ] && [ "${STUB_ENGINE_UP:-}" = 1 ] && exit 0
+[ "$1" = info ] && [ -f "$HOME/engine-up" ] && exit 0
+[ "$1" = info ] && [ -z "${DOCKER_HOST:-}" ] && [ -f "$HOME/.docker/current-context" ] && exit 0
 exit 1""",
     "repro-lib": """[ "$1 $2" = "engine start" ] && echo "unix://$HOME/no-engine.sock"
 exit 0""",
@@ -81,6 +90,7 @@ def run_lab(
         "REPRO_LIB_LAB_SKIP_VENV": "1",
         **(extra_env or {}),
     }
+    env = {k: v for k, v in env.items() if v is not None}
     proc = subprocess.run(
         ["/bin/bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60
     )
@@ -185,6 +195,51 @@ def test_a_docker_cli_without_an_engine_is_one_line_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no Docker engine answers and there is no dockerd" in lines[0]
     assert not [c for c in calls if c.startswith(("apt-get", "repro-lib"))]
+
+
+CLI_ONLY = "python3-venv python3-pip"  # a fresh machine: /usr/local/bin/docker, no engine
+
+
+@pytest.mark.parametrize("command", ["setup", "reproduce", "test"])
+def test_a_cli_only_machine_gets_an_engine(tmp_path, command):
+    proc, calls = run_lab(tmp_path, command, installed=CLI_ONLY)
+    assert apt_installs(calls) and "docker.io" in apt_installs(calls)[0], (calls, proc.stderr)
+    simulated = [c for c in calls if c.startswith("apt-get install -s")]
+    assert simulated and "docker.io" in simulated[0].split()  # simulated first
+    if command == "setup":
+        assert proc.returncode == 0, proc.stderr
+    elif command == "reproduce":
+        # the new engine is started as the lab's private one and the batch goes on
+        assert "repro-lib engine start" in calls, (calls, proc.stderr)
+        assert "no dockerd" not in proc.stderr
+    else:
+        # `test` starts its private dockerd from the package it just installed
+        assert [c for c in calls if c.startswith("dockerd --host")], (calls, proc.stderr)
+
+
+def test_a_cli_only_machine_where_apt_would_remove_the_cli_is_one_line_exit_2(tmp_path):
+    proc, calls = run_lab(
+        tmp_path, "reproduce", installed=CLI_ONLY + " docker-ce-cli", removes="docker-ce-cli"
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert "would remove docker-ce-cli" in lines[-1], proc.stderr
+    assert "docker-ce" in lines[-1] and "same repository as the CLI" in lines[-1]
+    assert sum("error" in line for line in lines) == 1
+    assert apt_installs(calls) == []  # only the simulation ran
+    assert not [c for c in calls if c.startswith("repro-lib")]
+
+
+def test_a_cli_whose_engine_answers_through_a_context_installs_nothing(tmp_path):
+    (tmp_path / ".docker").mkdir()
+    (tmp_path / ".docker" / "current-context").write_text("remote\n")
+    proc, calls = run_lab(
+        tmp_path, "reproduce", "--tries", "2", installed=CLI_ONLY, extra_env={"DOCKER_HOST": None}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert apt_installs(calls) == []
+    assert not apt_calls_naming(calls, "docker.io")
+    assert calls[-1] == "repro-lib reproduce --tries 2"
 
 
 class _StandInHub(http.server.BaseHTTPRequestHandler):
