@@ -223,3 +223,23 @@ def test_buildkit_image_and_local_cache_change_the_recorded_container_batch(
     assert proc.returncode in (0, 1), proc.stderr
     _, trials = _trials(lab_home, _summary(proc)["run_id"])
     assert [(t.image, t.cache_type) for t in trials] == [(affected_buildkit, "local")] * 2
+
+
+def test_scripts_lab_looks_for_the_image_buildkit_image_names(tmp_path):
+    """With no options, scripts/lab checks BUILDKIT_IMAGE's image, and never swaps in the
+    engine backend for an image the user named."""
+    from .test_lab_script import DOCKER_CE, _closed_port, run_lab
+
+    image = "moby/buildkit:v0.9.1-rootless"
+    hub = f"http://127.0.0.1:{_closed_port()}"
+    proc, calls = run_lab(
+        tmp_path, "reproduce", installed=DOCKER_CE + " python3-venv python3-pip", engine_up=True,
+        extra_env={"REPRO_LIB_HUB_URL": hub, "BUILDKIT_IMAGE": image},
+    )  # fmt: skip
+    assert f"docker image inspect {image}" in calls
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"lab: error: BUILDKIT_IMAGE={image} is not here and {hub} is unreachable: "
+        "`docker load` it, or unset BUILDKIT_IMAGE to run the engine backend instead"
+    ]
+    assert not [c for c in calls if c.startswith("repro-lib")]
