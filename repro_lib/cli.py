@@ -312,15 +312,31 @@ def reproduce(
 ) -> None:
     """Run one reproduction batch: export the cache once, then TRIES import builds.
 
+    The public test.sh's variables BUILDKIT_IMAGE, RETRIES, CACHE_RESET_FREQ,
+    NO_CLEANUP, USE_LOCAL_CACHE, SKIP_CREATE_CACHE and SKIP_TESTS are defaults of
+    --image, --tries, --reset-freq, --no-cleanup, --cache local,
+    --skip-create-cache and --skip-tests; options given here win.
+
     Exit status: 0 no missing layer seen, 1 a missing layer was seen, 2 usage or
     environment error, 130 interrupted.
     """
+    from . import testsh_env
     from .batch import reproduce as run_reproduction
 
-    if kwargs["backend"] == "container" and cache == "inline":
+    ctx = click.get_current_context()
+    given = {"image": image, "tries": tries, "reset_freq": reset_freq, "cache": cache, **kwargs}
+    from_env = testsh_env.apply(
+        given,
+        lambda p: ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE,
+        os.environ,
+    )
+    image, tries, reset_freq, cache = (
+        given.pop(k) for k in ("image", "tries", "reset_freq", "cache")
+    )
+    if given["backend"] == "container" and cache == "inline":
         raise UsageError("--cache inline needs --backend engine")
     options = _options_from(
-        kwargs,
+        given,
         image=image,
         cache_image=cache_image,
         mode=mode,
@@ -328,10 +344,16 @@ def reproduce(
         reset_freq=reset_freq,
         cache=cache,
     )
-    options.validate()
+    options.command = from_env.command_prefix() + options.command
+    try:
+        options.validate()
+    except UsageError as exc:
+        raise testsh_env.blame(exc, from_env) from exc
     client = _client(kwargs["engine_host"])
     summary = run_reproduction(client, options, store_path=kwargs["store_path"])
-    _print_summary(summary.as_dict(), kwargs["as_json"])
+    _print_summary(
+        {**summary.as_dict(), "from_environment": from_env.describe()}, kwargs["as_json"]
+    )
     sys.exit(EXIT_MISSING_LAYER if summary.failures else 0)
 
 
@@ -340,7 +362,8 @@ def _pct(x: float | None) -> str:
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
-    lines = [
+    lines = [summary["from_environment"]] if summary.get("from_environment") else []
+    lines += [
         f"run {summary['run_id']}  backend={summary['backend']} mode={summary['mode']} image={summary['image']}"
         + (
             f" cache_image={summary['cache_image']}"
@@ -691,10 +714,17 @@ def sweep(
     layer, 1 a missing layer was seen, 2 usage or environment error, 130 interrupted.
     """
     from .config import Paths
-    from .shard import check_sweep_id, parse_shard, shard_to_resume, sweep_id_for
+    from .shard import check_sweep_id, parse_shard, shard_cells, shard_to_resume, sweep_id_for
     from .store import Store
     from .sweep import resume_plan, run_sweep
+    from .testsh_env import set_names
 
+    if ignored := set_names(os.environ):
+        click.echo(
+            f"repro-lib: warning: sweep ignores {', '.join(ignored)} (test.sh's variables are "
+            "read by `reproduce` only; a sweep takes --versions, --tries, --reset-freq, --cache)",
+            err=True,
+        )
     paths = Paths.from_env()
     store_path = kwargs["store_path"] or paths.store
     shard = parse_shard(shard_text) if shard_text is not None else None
@@ -729,6 +759,14 @@ def sweep(
         command = shlex.join(["repro-lib", *sys.argv[1:]])
         if sweep_id is None and shard is not None:
             sweep_id = sweep_id_for(plan)  # every shard of this plan gets the same id
+    if shard is not None and not shard_cells(plan, shard):  # no engine, registries or store
+        note = (
+            f"nothing to run in shard {shard[0]}/{shard[1]}: the plan has {len(plan.cells())} cells"
+        )
+        click.echo(note, err=kwargs["as_json"])
+        if kwargs["as_json"]:
+            click.echo(json.dumps({"sweep_id": resume_id or sweep_id, "status": note, "cells": []}))
+        sys.exit(0)
     client = _client(kwargs["engine_host"]) if _needs_local_engine(cluster, plan.backend) else None
     outcome = run_sweep(
         client,

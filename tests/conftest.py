@@ -19,10 +19,15 @@ import pytest
 from repro_lib import lab
 from repro_lib.errors import MissingRequirement
 from repro_lib.fixtures import BASE_FIXTURE, REGISTRY_FIXTURE, build_fixtures
+from repro_lib.testsh_env import NAMES as TESTSH_VARIABLES
 
 # Every object this test session makes belongs to its own lab, so leak checks and
 # cleanups never see (or remove) what another lab on this engine is doing.
 os.environ.setdefault("REPRO_LIB_LAB", f"test-{uuid.uuid4().hex[:8]}")
+# test.sh's variables (RETRIES, ...) change `reproduce`'s defaults: a user's shell must not
+# change what the tests run; tests that want them pass them explicitly
+for _name in TESTSH_VARIABLES:
+    os.environ.pop(_name, None)
 
 BUILDKIT_AFFECTED = os.environ.get("REPRO_LIB_TEST_AFFECTED", "moby/buildkit:v0.9.0-rootless")
 BUILDKIT_FIXED = os.environ.get("REPRO_LIB_TEST_FIXED", "moby/buildkit:v0.9.1-rootless")
