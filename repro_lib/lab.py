@@ -436,12 +436,14 @@ class Registry:
     def stop(self) -> None:
         if self.keep:
             return
-        for obj in (self.container, self.volume):
+        # the container goes with its anonymous volumes (v): a VOLUME of the image that
+        # the named volume does not cover would otherwise stay, unlabelled
+        for obj, options in ((self.container, {"v": True}), (self.volume, {})):
             if obj is None:
                 continue
             with contextlib.suppress(docker.errors.NotFound):
                 try:
-                    obj.remove(force=True)  # type: ignore[call-arg]
+                    obj.remove(force=True, **options)  # type: ignore[call-arg]
                 except docker.errors.DockerException as exc:
                     raise InfraError(f"cannot remove {obj}: {exc}") from exc
         self.container = None

@@ -2,7 +2,8 @@
 
 Tests that need the engine skip with the reason when none answers; tests that
 need a real ``moby/buildkit`` image skip when it is not present locally. After
-the session, nothing labelled by the lab may be left on the engine.
+the session, the engine holds no container or volume the session made, labelled
+or not (an anonymous volume carries no label).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from repro_lib import lab
+from repro_lib.config import LAB_LABEL, lab_id
 from repro_lib.errors import MissingRequirement
 from repro_lib.fixtures import BASE_FIXTURE, REGISTRY_FIXTURE, build_fixtures
 from repro_lib.testsh_env import NAMES as TESTSH_VARIABLES
@@ -34,17 +36,44 @@ BUILDKIT_FIXED = os.environ.get("REPRO_LIB_TEST_FIXED", "moby/buildkit:v0.9.1-ro
 BUILDKIT_ROOTFUL = os.environ.get("REPRO_LIB_TEST_ROOTFUL", "moby/buildkit:v0.9.0")
 
 
+def engine_objects(client) -> dict[str, set[str]]:
+    """Every container (by name) and volume on the engine, labelled or not.
+
+    Objects another lab labelled as its own are left out: labs sharing an engine
+    (several test sessions, a batch next to them) come and go meanwhile.
+    """
+
+    def ours(labels: dict[str, str] | None) -> bool:
+        return (labels or {}).get(LAB_LABEL, lab_id()) == lab_id()
+
+    containers = client.api.containers(all=True)
+    volumes = client.api.volumes().get("Volumes") or []
+    return {
+        "containers": {c["Names"][0].lstrip("/") for c in containers if ours(c.get("Labels"))},
+        "volumes": {v["Name"] for v in volumes if ours(v.get("Labels"))},
+    }
+
+
+def objects_added(before: dict[str, set[str]], after: dict[str, set[str]]) -> dict[str, list]:
+    return {kind: sorted(after[kind] - before[kind]) for kind in before}
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     try:
         client = lab.connect()
     except MissingRequirement as exc:
         pytest.skip(f"needs a running Docker engine: {exc.one_line()}")
+    before = engine_objects(client)
     yield client
-    left = lab.leftovers(client)
-    if left["containers"] or left["volumes"]:
+    labelled = lab.leftovers(client)
+    added = objects_added(before, engine_objects(client))
+    if any(labelled.values()) or any(added.values()):
+        # only labelled ones are surely ours to remove; the rest is named for a look
         lab.sweep(client, include_live=True)
-        pytest.fail(f"the test session leaked lab objects: {left}")
+        pytest.fail(
+            f"the test session left objects on the engine: {added} (labelled by the lab: {labelled})"
+        )
 
 
 @pytest.fixture(scope="session")

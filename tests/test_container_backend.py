@@ -64,7 +64,8 @@ tar -cf "$dest" -C /tmp/root .
 """
 
 
-def _fake_rootfs() -> bytes:
+def fake_rootfs(extra: dict[str, bytes] | None = None) -> bytes:
+    """The stand-in's root file system, plus ``extra`` executables (path -> content)."""
     src = io.BytesIO(busybox_rootfs())
     out = io.BytesIO()
     with tarfile.open(fileobj=src) as tin, tarfile.open(fileobj=out, mode="w") as tout:
@@ -85,15 +86,16 @@ def _fake_rootfs() -> bytes:
             if path.startswith("home/user"):
                 info.uid = info.gid = 1000
             tout.addfile(info)
-        info = tarfile.TarInfo("usr/bin/buildctl-daemonless.sh")
-        info.size, info.mode = len(SCRIPT), 0o755
-        tout.addfile(info, io.BytesIO(SCRIPT))
+        for path, content in {"usr/bin/buildctl-daemonless.sh": SCRIPT, **(extra or {})}.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(content), 0o755
+            tout.addfile(info, io.BytesIO(content))
     return out.getvalue()
 
 
 @pytest.fixture(scope="module")
 def fake_buildkit(docker_client, fixture_images):
-    rootfs = _fake_rootfs()
+    rootfs = fake_rootfs()
     for ref, user in ((FAKE, "1000:1000"), (FAKE_ROOTFUL, "")):
         repo, tag = ref.rsplit(":", 1)
         changes = ["ENV PATH=/usr/bin:/bin"] + ([f"USER {user}"] if user else [])

@@ -20,7 +20,20 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "lab"
-TOOLS = ("dirname", "id", "grep", "sed", "tr", "cat", "mkdir", "seq", "sleep", "tail")
+TOOLS = (
+    "dirname",
+    "id",
+    "grep",
+    "sed",
+    "tr",
+    "cat",
+    "mkdir",
+    "seq",
+    "sleep",
+    "tail",
+    "sort",
+    "comm",
+)
 
 STUB = """#!/bin/bash
 echo "{name} $*" >> "$STUB_LOG"
@@ -46,7 +59,20 @@ exit 0""",
     "docker": """[ "$1" = info ] && [ "${STUB_ENGINE_UP:-}" = 1 ] && exit 0
 [ "$1" = info ] && [ -f "$HOME/engine-up" ] && exit 0
 [ "$1" = info ] && [ -z "${DOCKER_HOST:-}" ] && [ -f "$HOME/.docker/current-context" ] && exit 0
+# the engine's objects, none of them labelled: one id per line in $HOME/containers, $HOME/volumes
+case " $* " in *" --filter label="*) exit 0 ;; esac
+[ "$1 $2" = "ps -aq" ] && { cat "$HOME/containers" 2>/dev/null; exit 0; }
+[ "$1 $2 $3" = "volume ls -q" ] && { cat "$HOME/volumes" 2>/dev/null; exit 0; }
 exit 1""",
+    # the test suite: leaves $STUB_SUITE_LEAVES (lines "containers ID" / "volumes ID")
+    # on the engine and exits $STUB_SUITE_EXIT; everything else python does succeeds
+    "python": """if [ "$1 $2" = "-m pytest" ]; then
+  printf '%s\\n' "${STUB_SUITE_LEAVES:-}" | while read -r kind id; do
+    [ -n "$id" ] && echo "$id" >> "$HOME/$kind"
+  done
+  exit "${STUB_SUITE_EXIT:-0}"
+fi
+exit 0""",
     "repro-lib": """[ "$1 $2" = "engine start" ] && echo "unix://$HOME/no-engine.sock"
 exit 0""",
 }
@@ -302,3 +328,47 @@ def test_only_test_installs_the_fixtures_packages(tmp_path):
     # `test` goes on to start its engine, which the stubbed PATH cannot; apt was asked first
     _, calls = run_lab(tmp_path, "test", **common)
     assert apt_installs(calls) == [["-y", "-qq", "docker-registry", "busybox-static"]]
+
+
+def _suite_run(tmp_path, *, leaves="", suite_exit=0):
+    """``scripts/lab test`` on an engine holding one container and one volume beforehand."""
+    (tmp_path / "containers").write_text("c0ffee-before\n")
+    (tmp_path / "volumes").write_text("repro-lib-someone-elses\n")
+    return run_lab(
+        tmp_path,
+        "test",
+        "-q",
+        installed=DOCKER_CE + " python3-venv python3-pip docker-registry busybox-static",
+        engine_up=True,
+        stubs=("dpkg", "apt-get", "apt-cache", "docker", "repro-lib", "python"),
+        extra_env={
+            "STUB_SUITE_LEAVES": leaves,
+            "STUB_SUITE_EXIT": str(suite_exit),
+            "REPRO_LIB_TEST_ENGINE_DATA": str(tmp_path / "engine"),
+        },
+    )
+
+
+def test_the_suite_passes_when_it_leaves_the_engine_as_it_found_it(tmp_path):
+    proc, calls = _suite_run(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "python -m pytest -q" in calls
+    assert "left" not in proc.stderr
+
+
+def test_an_unlabelled_volume_the_suite_left_fails_the_run(tmp_path):
+    anonymous = "8f3a" * 16  # what an image's VOLUME gets: no name, no label
+    proc, _ = _suite_run(tmp_path, leaves=f"volumes {anonymous}")
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "left 0 containers and 1 volumes on the engine" in line, proc.stderr
+    assert f"volume {anonymous}" in line
+    assert "before" not in line and "someone-elses" not in line  # what was there stays out
+
+
+def test_a_failing_suite_keeps_its_exit_code_and_is_still_checked_for_leaks(tmp_path):
+    proc, _ = _suite_run(tmp_path, suite_exit=3)
+    assert proc.returncode == 3, proc.stderr
+    proc, _ = _suite_run(tmp_path, leaves="containers deadbeef", suite_exit=3)
+    assert proc.returncode == 1, proc.stderr
+    assert "left 1 containers and 0 volumes on the engine: container deadbeef" in proc.stderr

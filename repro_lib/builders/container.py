@@ -458,7 +458,7 @@ class ContainerBackend:
         finally:
             if container is not None and not env.keep:
                 with contextlib.suppress(docker.errors.DockerException):
-                    container.remove(force=True)
+                    container.remove(force=True, v=True)
 
     def _copy_cache_out(self) -> None:
         env = self.env
@@ -479,7 +479,7 @@ class ContainerBackend:
             self._export_container = None
             if not env.keep:
                 with contextlib.suppress(docker.errors.DockerException):
-                    container.remove(force=True)
+                    container.remove(force=True, v=True)
 
     def _fetch_output(self, container: Any, dest: str, tag: str) -> Path | None:
         env = self.env
@@ -545,8 +545,9 @@ class ContainerBackend:
             pass
         finally:
             if container is not None:
+                # v=True: the image's VOLUME gave this container an anonymous, unlabelled volume
                 with contextlib.suppress(docker.errors.DockerException):
-                    container.remove(force=True)
+                    container.remove(force=True, v=True)
         return self.host_buildctl
 
     def _start_daemon(self) -> Any:
@@ -565,7 +566,7 @@ class ContainerBackend:
             text = lab.describe_docker_error(exc)
             if daemon is not None and not env.keep:
                 with contextlib.suppress(docker.errors.DockerException):
-                    daemon.remove(force=True)
+                    daemon.remove(force=True, v=True)
             if refused := refusal(text, kwargs, self.command):
                 raise refused from exc
             raise InfraError(f"cannot start buildkitd: {text}") from exc
@@ -616,7 +617,7 @@ class ContainerBackend:
             self.daemon = None
             return
         with contextlib.suppress(docker.errors.DockerException):
-            self.daemon.remove(force=True)
+            self.daemon.remove(force=True, v=True)
         self.daemon = None
         self.daemon_addr = ""
 
