@@ -34,7 +34,7 @@ References
 
 from __future__ import annotations
 
-from ._common import Method, format_pct
+from ._common import Method, format_p, format_pct
 from .batches import (
     BatchHeterogeneity,
     BatchRate,
@@ -43,6 +43,15 @@ from .batches import (
     tarone_test,
 )
 from .comparisons import Comparison, GroupAgreement, compare, group_agreement
+from .cycles import (
+    ClusteredRate,
+    clustered_rate,
+    complete_cycles,
+    cycle_groups,
+    cycle_numbers,
+    cycle_rate,
+)
+from .dependence import DependenceEffect, FailureClustering, failure_clustering
 from .position import (
     HazardModel,
     KCurveFit,
@@ -59,10 +68,21 @@ from .rates import (
     upper_bound,
 )
 from .regression import FailureModel, LogisticFit, failure_model, logistic_fit
-from .stopping import StopDecision, should_stop, verdict
+from .stopping import CLEAN_BOUND_ASSUMES, StopDecision, should_stop, verdict
 from .tables import RATE_COLUMNS, findings_table, rate_by_position, rates_by, results_frame
 
 __all__ = [
+    "failure_clustering",
+    "FailureClustering",
+    "DependenceEffect",
+    "format_p",
+    "cycle_rate",
+    "cycle_numbers",
+    "cycle_groups",
+    "complete_cycles",
+    "clustered_rate",
+    "ClusteredRate",
+    "CLEAN_BOUND_ASSUMES",
     "RATE_COLUMNS",
     "BatchHeterogeneity",
     "BatchRate",

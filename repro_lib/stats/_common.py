@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,26 @@ def format_pct(x: float) -> str:
     return f"{pct:.2g}%"
 
 
+def format_p(p: float) -> str:
+    """A p-value for text: three significant digits, ``"< 1e-300"`` below the float range.
+
+    A chi-square or normal tail beyond about ``1e-308`` underflows to 0; printing
+    ``p = 0`` would claim certainty, so anything below ``1e-300`` reads
+    ``"< 1e-300"``. Callers write ``f"p {format_p(p)}"``-style text via ``p_text``.
+    """
+    if p is None or not np.isfinite(p):
+        return "n/a"
+    if p < 1e-300:
+        return "< 1e-300"
+    return f"{float(p):.3g}"
+
+
+def p_text(p: float) -> str:
+    """``"p = 0.035"``, or ``"p < 1e-300"`` when the p-value underflows."""
+    shown = format_p(p)
+    return f"p {shown}" if shown.startswith("<") else f"p = {shown}"
+
+
 def _confidence(alpha: float) -> str:
     return f"{100 * (1 - alpha):g}%"
 
@@ -43,10 +63,6 @@ def _check_alpha(alpha: float) -> float:
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     return float(alpha)
-
-
-def _expit(x: Any) -> Any:
-    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=float)))
 
 
 def _counted_frame(df: pd.DataFrame) -> pd.DataFrame:

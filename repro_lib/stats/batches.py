@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
-from ._common import _check_alpha, _confidence, _counted_frame, _expit, format_pct
-from .rates import failure_rate
+from ._common import _check_alpha, _counted_frame, p_text
+from .cycles import ClusteredRate, clustered_rate
 
 
 # batches as the unit of replication --------------------------------------------
@@ -33,7 +33,8 @@ def tarone_test(x: Sequence[int], n: Sequence[int]) -> tuple[float, float]:
     Under H0 (one binomial probability for every batch) Z is approximately
     standard normal; the alternative is beta-binomial extra variation, so the
     p-value is the upper tail. Returns ``(Z, pvalue)``; ``(nan, 1.0)`` when
-    ``p`` is 0 or 1 or every batch has one try (nothing to test).
+    there is nothing to test: fewer than two batches (one batch cannot vary
+    between batches), ``p`` is 0 or 1, or every batch has one try.
 
     References
     ----------
@@ -47,6 +48,8 @@ def tarone_test(x: Sequence[int], n: Sequence[int]) -> tuple[float, float]:
     3.717
     """
     x, n = np.asarray(x, dtype=float), np.asarray(n, dtype=float)
+    if len(x) < 2:
+        return math.nan, 1.0
     p = x.sum() / n.sum() if n.sum() else math.nan
     denom = 2 * np.sum(n * (n - 1))
     if not 0 < p < 1 or denom <= 0:
@@ -121,8 +124,8 @@ class BatchHeterogeneity:
             return f"{counts} (nothing to test)"
         name = "Fisher exact" if self.method == "fisher" else f"chi-square (df {self.df})"
         return (
-            f"{counts}; {name} p = {self.pvalue:.3g}, Tarone over-dispersion "
-            f"p = {self.tarone_pvalue:.3g}"
+            f"{counts}; {name} {p_text(self.pvalue)}, Tarone over-dispersion "
+            f"{p_text(self.tarone_pvalue)}"
         )
 
 
@@ -188,85 +191,17 @@ def batch_heterogeneity(
     return out
 
 
-@dataclass(frozen=True)
-class BatchRate:
-    """A failure proportion with an interval that allows for between-batch variation.
-
-    The estimate is the pooled ``p = sum x_i / sum n_i`` over ``G`` batches. Its
-    variance is the cluster-robust (sandwich, CR1) variance of the intercept of
-    a binomial GLM with batches as clusters, in closed form the ratio-estimator
-    variance ``V = G / (G - 1) * sum (x_i - n_i p)^2 / (sum n_i)^2``. The
-    interval is built on the logit scale (delta method) with a Student t
-    quantile on ``G - 1`` degrees of freedom, so it widens when batches
-    disagree and when there are few of them. No model for the batch effect is
-    assumed (beta-binomial data are covered), only independent batches.
-
-    When the interval cannot be built that way (one batch, no failure, only
-    failures, or batches with identical rates) it falls back to the Wilson
-    interval of the pooled counts, and ``method`` says so.
-
-    Attributes
-    ----------
-    k, n : int
-        Pooled failures and counted tries.
-    batches : int
-        ``G``.
-    p_hat, ci_low, ci_high : float
-    se : float
-        Cluster-robust standard error of ``p_hat`` (NaN for the fallback).
-    design_effect : float
-        ``V`` divided by the binomial variance ``p (1 - p) / n``: about 1 for
-        binomial data, above 1 with between-batch variation.
-    method : str
-        ``"cluster-robust"`` or ``"wilson (…)"`` with the reason.
-    alpha : float
-
-    References
-    ----------
-    Cameron, A. C. and Miller, D. L. (2015). A practitioner's guide to
-    cluster-robust inference. J. Human Resources 50(2), 317-372.
-    Cochran, W. G. (1977). Sampling Techniques, 3rd ed., Wiley, section 6.9 (ratio estimator).
-    """
-
-    k: int
-    n: int
-    batches: int
-    p_hat: float
-    ci_low: float
-    ci_high: float
-    se: float
-    design_effect: float
-    method: str
-    alpha: float = 0.05
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(self)])
-
-    def describe(self) -> str:
-        conf = _confidence(self.alpha)
-        if self.n == 0:
-            return "no usable tries"
-        return (
-            f"{self.k} of {self.n} in {self.batches} batches ({format_pct(self.p_hat)}, {conf} "
-            f"{self.method} interval {format_pct(self.ci_low)}–{format_pct(self.ci_high)}"
-            + (
-                f", design effect {self.design_effect:.2g})"
-                if np.isfinite(self.design_effect)
-                else ")"
-            )
-        )
-
-
-def _cluster_variance(x: np.ndarray, n: np.ndarray) -> float:
-    g, total = len(x), n.sum()
-    p = x.sum() / total
-    return float(g / (g - 1) * np.sum((x - n * p) ** 2) / total**2)
+BatchRate = ClusteredRate
+"""The result of ``batch_rate``: a ``ClusteredRate`` with batches (runs) as clusters."""
 
 
 def batch_rate(
     data: pd.DataFrame | dict[str, tuple[int, int]], *, by: str = "run_id", alpha: float = 0.05
-) -> BatchRate:
-    """Pooled failure rate with a batch-robust interval (see ``BatchRate``).
+) -> ClusteredRate:
+    """Pooled failure rate with batches (runs) as clusters (see ``ClusteredRate``).
+
+    Batches contain reset cycles, so clustering on batches also allows for
+    dependence within a cycle; it needs several batches to say much.
 
     Parameters
     ----------
@@ -274,6 +209,12 @@ def batch_rate(
         Trials (grouped into batches by ``by``) or ``{batch: (failures, tries)}``.
     by : str, default "run_id"
     alpha : float, default 0.05
+
+    Returns
+    -------
+    ClusteredRate
+        ``unit == "batch"``; the Wilson interval (``method`` says why) with one
+        batch, no failure, only failures or identical batch rates.
 
     Examples
     --------
@@ -283,49 +224,8 @@ def batch_rate(
     """
     alpha = _check_alpha(alpha)
     counts = data if isinstance(data, dict) else _batch_counts(data, by)
-    x = np.array([k for k, _ in counts.values()], dtype=float)
-    n = np.array([m for _, m in counts.values()], dtype=float)
-    k, total, g = int(x.sum()), int(n.sum()), len(counts)
-
-    def fallback(reason: str) -> BatchRate:
-        fr = failure_rate(k, total, alpha=alpha)
-        return BatchRate(
-            k,
-            total,
-            g,
-            fr.p_hat,
-            fr.ci_low,
-            fr.ci_high,
-            math.nan,
-            math.nan,
-            f"wilson ({reason})",
-            alpha,
-        )
-
-    if total == 0:
-        return fallback("no tries")
-    if g < 2:
-        return fallback("one batch")
-    if k == 0 or k == total:
-        return fallback("no failure" if k == 0 else "only failures")
-    p = k / total
-    var = _cluster_variance(x, n)
-    if var <= 0:
-        return fallback("identical batch rates")
-    se_logit = math.sqrt(var) / (p * (1 - p))
-    t = float(_sps.t.ppf(1 - alpha / 2, g - 1))
-    logit = math.log(p / (1 - p))
-    low, high = _expit(logit - t * se_logit), _expit(logit + t * se_logit)
-    deff = var / (p * (1 - p) / total)
-    return BatchRate(
-        k,
-        total,
-        g,
-        p,
-        float(low),
-        float(high),
-        math.sqrt(var),
-        float(deff),
-        "cluster-robust",
-        alpha,
-    )
+    failed, groups = [], []
+    for i, (k, n) in enumerate(counts.values()):
+        failed += [True] * int(k) + [False] * (int(n) - int(k))
+        groups += [i] * int(n)
+    return clustered_rate(np.array(failed, dtype=bool), np.array(groups), unit="batch", alpha=alpha)

@@ -12,28 +12,34 @@ import pandas as pd
 from scipy import stats as _sps
 
 from ..results import derive
-from ._common import _check_counts
-from .batches import _batch_counts, _cluster_variance
+from ._common import _check_counts, _counted_frame, p_text
+from .batches import _batch_counts
+from .cycles import cluster_fit_options, cycle_groups
 from .rates import FailureRate
 
 
 # two proportions ----------------------------------------------------------
 @dataclass(frozen=True)
 class Comparison:
-    """A test of two failure proportions: Fisher's exact test, or a batch-level test.
+    """A test of two failure proportions: Fisher's exact test, or a cluster-robust test.
 
     H0: both groups share one failure probability. H1 (two-sided): they
     differ.
 
     ``method == "fisher"``: Fisher's exact test conditions on the margins of
     the 2x2 table ``[[k1, n1 - k1], [k2, n2 - k2]]``, so it is valid for small
-    counts, but it treats every try as independent.
+    counts, but it treats every try as independent. Used for counts, and for
+    trials whose every reset cycle holds one try (``K = 1``).
 
-    ``method == "batch-t"`` (both groups given as trials with two or more
-    batches each): the difference of the pooled proportions divided by its
-    cluster-robust standard error (batches as clusters, see ``BatchRate``),
-    referred to Student's t with ``batches1 + batches2 - 2`` degrees of
-    freedom. It holds when batches vary beyond binomial noise.
+    ``method == "cycle-t"`` or ``"batch-t"`` (both groups given as trials):
+    the difference of the pooled proportions divided by its cluster-robust
+    standard error, referred to Student's t on ``G - 1`` degrees of freedom
+    (``G`` clusters in all). It is the group coefficient of a linear
+    probability model fitted by statsmodels OLS with cluster-robust covariance
+    (CR1). Clusters are batches (runs) when each group has two or more of
+    them (batches contain cycles, so this also allows for dependence within a
+    cycle), otherwise reset cycles. It assumes independent clusters only; the
+    t reference is approximate when failures are few.
 
     Attributes
     ----------
@@ -44,11 +50,11 @@ class Comparison:
     pvalue : float
         Two-sided p-value.
     method : str
-        ``"fisher"`` or ``"batch-t"``.
+        ``"fisher"``, ``"cycle-t"`` or ``"batch-t"``.
     statistic : float
-        The t statistic for ``"batch-t"``; NaN for Fisher.
-    batches1, batches2 : int
-        Batches per group (0 when the input had none, e.g. counts).
+        The t statistic; NaN for Fisher.
+    clusters1, clusters2 : int
+        Cycles or batches per group (0 for Fisher).
 
     References
     ----------
@@ -63,8 +69,18 @@ class Comparison:
     pvalue: float
     method: str = "fisher"
     statistic: float = math.nan
-    batches1: int = 0
-    batches2: int = 0
+    clusters1: int = 0
+    clusters2: int = 0
+
+    @property
+    def batches1(self) -> int:
+        """``clusters1`` (batches for ``"batch-t"``)."""
+        return self.clusters1
+
+    @property
+    def batches2(self) -> int:
+        """``clusters2`` (batches for ``"batch-t"``)."""
+        return self.clusters2
 
     @property
     def table(self) -> list[list[int]]:
@@ -77,14 +93,16 @@ class Comparison:
         return pd.DataFrame([self.as_dict()])
 
     def describe(self) -> str:
-        """E.g. ``"8 of 10 vs 1 of 6: Fisher exact p = 0.035"``."""
+        """E.g. ``"8 of 10 vs 1 of 6: Fisher exact p = 0.035 (independent tries)"``."""
         head = f"{self.k1} of {self.n1} vs {self.k2} of {self.n2}: "
-        if self.method == "batch-t":
+        if self.method in ("batch-t", "cycle-t"):
+            unit = "batch" if self.method == "batch-t" else "cycle"
+            plural = "batches" if unit == "batch" else "cycles"
             return head + (
-                f"batch-level t test ({self.batches1} vs {self.batches2} batches, "
-                f"t = {self.statistic:.3g}) two-sided p = {self.pvalue:.3g}"
+                f"{unit}-robust t test ({self.clusters1} vs {self.clusters2} {plural} as "
+                f"clusters, t = {self.statistic:.3g}) two-sided {p_text(self.pvalue)}"
             )
-        return head + f"Fisher exact two-sided p = {self.pvalue:.3g}"
+        return head + f"Fisher exact two-sided {p_text(self.pvalue)} (independent tries)"
 
 
 def _counts(x: Any) -> tuple[int, int]:
@@ -99,6 +117,34 @@ def _counts(x: Any) -> tuple[int, int]:
     raise TypeError(f"expected a DataFrame, a FailureRate or a (k, n) pair, got {type(x)!r}")
 
 
+def _cluster_t(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str, float, float, int, int] | None:
+    """``(method, t, p, clusters1, clusters2)`` of the cluster-robust difference; None for K = 1."""
+    import statsmodels.api as sm  # imported when used: keeps the CLI's start-up quick
+
+    da, db = _counted_frame(a), _counted_frame(b)
+    both = pd.concat([da, db], ignore_index=True)
+    second = np.r_[np.zeros(len(da)), np.ones(len(db))]
+    if len(_batch_counts(da)) >= 2 and len(_batch_counts(db)) >= 2:
+        method = "batch-t"
+        groups = pd.factorize(both["run_id"].astype(str))[0]
+    else:
+        method = "cycle-t"
+        groups = cycle_groups(both)
+        if len(np.unique(groups)) == len(both):
+            return None  # one try per cycle: independent tries, Fisher's exact test applies
+    g1 = len(np.unique(groups[: len(da)]))
+    g2 = len(np.unique(groups[len(da) :]))
+    options = cluster_fit_options(groups)
+    if not options:
+        return None  # one cluster in all: nothing to cluster on
+    fit = sm.OLS(both["failed"].to_numpy(float), sm.add_constant(second)).fit(**options)
+    se = float(np.asarray(fit.bse)[1])
+    if not np.isfinite(se) or se <= 0:
+        return None
+    # the coefficient is p2 - p1; report t for p1 - p2, as the groups are named
+    return method, -float(np.asarray(fit.tvalues)[1]), float(np.asarray(fit.pvalues)[1]), g1, g2
+
+
 def compare(a: pd.DataFrame | FailureRate | tuple[int, int], b: Any) -> Comparison:
     """Compare the failure proportions of two groups.
 
@@ -111,17 +157,18 @@ def compare(a: pd.DataFrame | FailureRate | tuple[int, int], b: Any) -> Comparis
     Returns
     -------
     Comparison
-        When both ``a`` and ``b`` are DataFrames with two or more batches
-        (``run_id``) each, the batch-level t test (``method == "batch-t"``,
-        see ``Comparison``); otherwise, or when neither group varies between
-        batches at all, two-sided ``scipy.stats.fisher_exact`` on
+        When both ``a`` and ``b`` are DataFrames, the cluster-robust t test
+        (``"batch-t"`` with two or more batches per group, else ``"cycle-t"``
+        with reset cycles as clusters; see ``Comparison``); otherwise, when
+        every cycle holds one try, or when the clusters show no variation at
+        all, two-sided ``scipy.stats.fisher_exact`` on
         ``[[k1, n1-k1], [k2, n2-k2]]`` (``method == "fisher"``).
 
     Notes
     -----
     Fisher's test assumes independent tries within and between groups; the
-    batch test assumes independent batches only. With ``n1`` or ``n2`` zero the
-    p-value is 1 (no information).
+    cluster tests assume independent clusters only. With ``n1`` or ``n2`` zero
+    the p-value is 1 (no information).
 
     References
     ----------
@@ -140,22 +187,11 @@ def compare(a: pd.DataFrame | FailureRate | tuple[int, int], b: Any) -> Comparis
     fisher = Comparison(k1, n1, k2, n2, float(res.statistic), float(res.pvalue))
     if not (isinstance(a, pd.DataFrame) and isinstance(b, pd.DataFrame)):
         return fisher
-    ba, bb = _batch_counts(a), _batch_counts(b)
-    if len(ba) < 2 or len(bb) < 2:
+    robust = _cluster_t(a, b)
+    if robust is None:
         return fisher
-    var = 0.0
-    for counts in (ba, bb):
-        x = np.array([k for k, _ in counts.values()], dtype=float)
-        n = np.array([m for _, m in counts.values()], dtype=float)
-        var += _cluster_variance(x, n)
-    if var <= 0:
-        return fisher
-    t = (k1 / n1 - k2 / n2) / math.sqrt(var)
-    dof = len(ba) + len(bb) - 2
-    p = float(2 * _sps.t.sf(abs(t), dof))
-    return Comparison(
-        k1, n1, k2, n2, float(res.statistic), p, "batch-t", float(t), len(ba), len(bb)
-    )
+    method, t, p, g1, g2 = robust
+    return Comparison(k1, n1, k2, n2, float(res.statistic), p, method, t, g1, g2)
 
 
 @dataclass(frozen=True)
@@ -196,7 +232,7 @@ class GroupAgreement:
         if self.method == "none":
             return f"{counts} (nothing to test)"
         name = "Fisher exact" if self.method == "fisher" else "chi-square"
-        return f"{counts}; {name} p = {self.pvalue:.3g}"
+        return f"{counts}; {name} {p_text(self.pvalue)}"
 
 
 def group_agreement(

@@ -61,14 +61,15 @@ class FailureRate:
         """Plain language: ``"3 of 20 (15.0%, 95% CI 5.2%–36.0%)"``.
 
         With no failure the natural statement is a one-sided bound, so
-        ``k == 0`` reads ``"0 of 300 → p < 1.0% (95% upper bound)"`` using the
-        exact one-sided bound (``upper_bound``), not ``ci_high``.
+        ``k == 0`` reads ``"0 of 300 (95% upper bound 1.0%)"`` using the exact
+        one-sided bound (``upper_bound``), not ``ci_high``. Both assume
+        independent tries; ``cycle_rate`` and ``verdict`` count reset cycles.
         """
         conf = _confidence(self.alpha)
         if self.n == 0:
             return "no usable tries"
         if self.k == 0:
-            return f"0 of {self.n} → p < {format_pct(self.upper_bound)} ({conf} upper bound)"
+            return f"0 of {self.n} ({conf} upper bound {format_pct(self.upper_bound)})"
         return (
             f"{self.k} of {self.n} ({format_pct(self.p_hat)}, {conf} CI "
             f"{format_pct(self.ci_low)}–{format_pct(self.ci_high)})"

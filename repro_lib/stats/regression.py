@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..results import derive, version_key
-from ._common import _check_alpha, _counted_frame
+from ._common import _check_alpha, _counted_frame, p_text
+from .cycles import cluster_fit_options, cycle_groups
 
 
 # regression ---------------------------------------------------------------
@@ -24,7 +25,8 @@ class LogisticFit:
     formula : str
         The model formula, e.g. ``"failed ~ log2_reset_freq + C(version_label)"``.
     params, pvalues : dict of str to float
-        Coefficients (log-odds) and their Wald p-values.
+        Coefficients (log-odds) and their Wald p-values, with reset cycles as
+        clusters (cluster-robust covariance).
     nobs : int
         Counted tries used (of the versions kept, see ``logistic_fit``).
     summary_text : str
@@ -46,7 +48,7 @@ class LogisticFit:
         """Plain language reading of the reset-frequency effect."""
         return (
             f"Each doubling of the reset frequency multiplies the odds of a missing layer by "
-            f"{self.odds_ratio_per_doubling:.3g} (Wald p = {self.pvalues['log2_reset_freq']:.3g};"
+            f"{self.odds_ratio_per_doubling:.3g} (Wald {p_text(self.pvalues['log2_reset_freq'])};"
             f" logistic regression on {self.nobs} tries, formula {self.formula!r})."
         )
 
@@ -70,9 +72,10 @@ def logistic_fit(df: pd.DataFrame) -> LogisticFit | None:
 
     Notes
     -----
-    Assumes tries are independent given reset frequency and version, and a
-    log-odds linear in ``log2(reset_freq)``. Wald p-values are unreliable
-    with few failures; prefer ``compare`` for small samples.
+    Standard errors treat reset cycles as clusters (statsmodels cluster-robust
+    covariance), so they assume independent cycles, not independent tries.
+    Assumes a log-odds linear in ``log2(reset_freq)``. Wald p-values are
+    unreliable with few failures; prefer ``compare`` for small samples.
     """
     from statsmodels.formula.api import logit
     from statsmodels.tools import sm_exceptions as sme
@@ -87,6 +90,7 @@ def logistic_fit(df: pd.DataFrame) -> LogisticFit | None:
             "failed": d["failed"].astype(int).to_numpy(),
             "log2_reset_freq": np.log2(d["reset_freq"].astype(float).to_numpy()),
             "version_label": d["version_label"].astype(str).to_numpy(),
+            "cycle": cycle_groups(d),
         }
     )
     # A version that never (or always) failed is perfectly separated by its own
@@ -108,7 +112,9 @@ def logistic_fit(df: pd.DataFrame) -> LogisticFit | None:
         with warnings.catch_warnings():
             for category in problems:
                 warnings.simplefilter("error", category)
-            result = logit(formula, data).fit(disp=0, maxiter=100)
+            result = logit(formula, data).fit(
+                disp=0, maxiter=100, **cluster_fit_options(data["cycle"].to_numpy())
+            )
     except (*problems, sme.PerfectSeparationError, np.linalg.LinAlgError, ValueError):
         return None
     params = {str(n): float(v) for n, v in result.params.items()}
@@ -143,7 +149,9 @@ class FailureModel:
     reset, the cache type and the mode (categorical). Odds ratios are
     ``exp(coefficient)`` with Wald ``1 - alpha`` intervals: for ``log2(K)`` per
     doubling of ``K``, for ``position`` per position, for a level of a
-    categorical term against its reference level.
+    categorical term against its reference level. Standard errors, intervals
+    and p-values treat reset cycles as clusters (cluster-robust covariance,
+    Student t on ``cycles - 1`` df).
 
     Attributes
     ----------
@@ -173,8 +181,8 @@ class FailureModel:
 
     Notes
     -----
-    Assumes independent tries given the terms and effects linear on the log-odds
-    scale in ``log2(K)`` and in the position. Only affected versions are used: a
+    Assumes independent reset cycles (not tries) and effects linear on the
+    log-odds scale in ``log2(K)`` and in the position. Only affected versions are used: a
     version that never fails separates the data by itself and carries no
     information on the other terms. Wald intervals are poor with few failures;
     under (quasi-)complete separation the maximum-likelihood estimate does not
@@ -216,7 +224,7 @@ class FailureModel:
         dropped = f"; left out: {', '.join(self.dropped)}" if self.dropped else ""
         return (
             f"Logistic regression {self.formula!r} on {self.nobs} tries ({self.failures} "
-            f"failed) of {', '.join(self.versions)}{dropped}{note}."
+            f"failed) of {', '.join(self.versions)}, reset cycles as clusters{dropped}{note}."
         )
 
 
@@ -332,6 +340,7 @@ def failure_model(
             "since_reset": d["since_reset"].astype(float).to_numpy(),
             "cache_type": d["cache_type"].fillna("?").astype(str).to_numpy(),
             "mode": d["mode"].fillna("?").astype(str).to_numpy(),
+            "cycle": cycle_groups(d),
         }
     )
     terms, dropped = [], []
@@ -369,7 +378,9 @@ def failure_model(
         with warnings.catch_warnings():
             for category in problems:
                 warnings.simplefilter("error", category)
-            result = logit(formula, data).fit(disp=0, maxiter=200)
+            result = logit(formula, data).fit(
+                disp=0, maxiter=200, **cluster_fit_options(data["cycle"].to_numpy())
+            )
     except (*problems, sme.PerfectSeparationError, np.linalg.LinAlgError, ValueError):
         result = None
     ok = result is not None and result.mle_retvals.get("converged", True)

@@ -27,6 +27,35 @@ class StopDecision:
         return self.stop
 
 
+def _check_cycles(cycles: int | None, n: int) -> int:
+    """Complete cycles, ``n`` when None (every try its own cycle, ``K = 1``)."""
+    if cycles is None:
+        return n
+    if int(cycles) != cycles or not 0 <= cycles <= n:
+        raise ValueError(f"need 0 <= cycles <= n, got cycles={cycles}, n={n}")
+    return int(cycles)
+
+
+def _clean_evidence(n: int, cycles: int, bound: float, alpha: float) -> str:
+    """``"0 of 299, 95% upper bound 1.0%"`` or, counting cycles, what the bound rests on."""
+    conf = _confidence(alpha)
+    if cycles == n:
+        return f"0 of {n}, {conf} upper bound {format_pct(bound)}"
+    return (
+        f"0 of {n} in {cycles} complete reset cycles, {conf} upper bound {format_pct(bound)} "
+        "counting cycles"
+    )
+
+
+CLEAN_BOUND_ASSUMES = (
+    "a clean bound counts complete reset cycles: 0 failures in C cycles bounds the chance "
+    "that a cycle shows the bug, and so the per-try rate, below 1 - alpha^(1/C); it assumes "
+    "independent cycles and allows any dependence between the tries of one cycle "
+    "(with K = 1 every try is a cycle)"
+)
+"""What a clean verdict's upper bound assumes, for output that states it."""
+
+
 def should_stop(
     k: int,
     n: int,
@@ -35,6 +64,7 @@ def should_stop(
     alpha: float = 0.05,
     min_tries: int = 1,
     min_failures: int = 1,
+    cycles: int | None = None,
 ) -> StopDecision:
     """Early-stopping rule for one cell of a sweep.
 
@@ -42,8 +72,8 @@ def should_stop(
 
     * ``k >= min_failures`` and the exact one-sided ``1 - alpha`` lower bound
       of the rate is above 0 ("failure seen, interval excludes 0"); or
-    * ``k == 0`` and the exact one-sided ``1 - alpha`` upper bound is below
-      ``max_rate`` ("clean: p < max_rate").
+    * ``k == 0`` and the exact one-sided ``1 - alpha`` upper bound from the
+      ``cycles`` complete clean reset cycles is below ``max_rate`` ("clean").
 
     and never before ``min_tries`` counted tries.
 
@@ -58,6 +88,9 @@ def should_stop(
     min_failures : int, default 1
         Failures to collect before stopping an affected cell; raise it to get
         a tighter estimate of the rate rather than mere detection.
+    cycles : int, optional
+        Complete reset cycles among the ``n`` tries (``stats.complete_cycles``).
+        None: every try is its own cycle (``K = 1``).
 
     Returns
     -------
@@ -67,13 +100,25 @@ def should_stop(
     -----
     A single missing layer proves the version affected (the verification is
     deterministic), and for ``k >= 1`` the exact lower bound is always above
-    0, so with the defaults an affected cell stops at its first failure. The
-    clean rule needs ``tries_for_upper_bound(max_rate, alpha)`` tries
-    (299 for 1% at 95%). Stopping on the data biases the final ``p_hat``
-    of a stopped cell upwards; report intervals, not point estimates.
+    0, so with the defaults an affected cell stops at its first failure.
+
+    The clean rule counts cycles, not tries (``CLEAN_BOUND_ASSUMES``). Tries in
+    one cycle share a BuildKit state and their failures cluster, so "0 of n
+    tries" is likelier than ``(1 - p)^n`` and a bound from tries would stop too
+    early: at a true rate of ``max_rate`` with beta-binomial cycles
+    (within-cycle correlation 0.15) it says "clean" in about 9% of cells at
+    ``K = 4`` and 20% at ``K = 16`` instead of 5%. With ``C`` complete clean
+    cycles the chance ``q`` that a cycle shows the bug is below
+    ``1 - alpha^(1/C)``, whatever the dependence within a cycle, and the
+    per-try rate of a full cycle is at most ``q`` (a cycle with a failure has
+    at most ``K`` of them). It needs ``tries_for_upper_bound(max_rate, alpha)``
+    cycles (299 for 1% at 95%), i.e. ``K`` times as many tries. Stopping on the
+    data biases the final ``p_hat`` of a stopped cell upwards; report
+    intervals, not point estimates.
     """
     k, n = _check_counts(k, n)
     alpha = _check_alpha(alpha)
+    cycles = _check_cycles(cycles, n)
     conf = _confidence(alpha)
     if n < min_tries:
         return StopDecision(False, f"continue: {n} of at least {min_tries} tries done")
@@ -85,38 +130,44 @@ def should_stop(
                 f"failure seen: {k} of {n}, {conf} lower bound {format_pct(low)} excludes 0",
             )
         return StopDecision(False, f"continue: {k} of {min_failures} wanted failures seen")
-    bound = upper_bound(n, alpha)
+    bound = upper_bound(cycles, alpha)
+    evidence = _clean_evidence(n, cycles, bound, alpha)
     if bound < max_rate:
-        return StopDecision(
-            True,
-            f"clean: 0 of {n} → p < {format_pct(bound)} ({conf} upper bound), below "
-            f"{format_pct(max_rate)}",
-        )
+        return StopDecision(True, f"clean: {evidence}, below {format_pct(max_rate)}")
+    need = tries_for_upper_bound(max_rate, alpha)
+    unit = "clean tries" if cycles == n else "complete clean cycles"
     return StopDecision(
         False,
-        f"continue: 0 of {n}, p < {format_pct(bound)} not yet below {format_pct(max_rate)}"
-        f" (needs {tries_for_upper_bound(max_rate, alpha)} clean tries)",
+        f"continue: {evidence}, not yet below {format_pct(max_rate)} (needs {need} {unit})",
     )
 
 
-def verdict(k: int, n: int, *, max_rate: float = 0.01, alpha: float = 0.05) -> str:
+def verdict(
+    k: int, n: int, *, max_rate: float = 0.01, alpha: float = 0.05, cycles: int | None = None
+) -> str:
     """A short plain-language verdict for one version (or cell).
 
     Returns one of
 
     * ``"no usable trials"`` -- ``n == 0`` (e.g. only build errors);
     * ``"affected (k of n tries lost a layer)"`` -- at least one failure;
-    * ``"no failure seen (p < X%)"`` -- ``k == 0`` and the exact one-sided
-      ``1 - alpha`` upper bound ``X`` is below ``max_rate``;
-    * ``"not enough evidence (0 of n, p < X%)"`` -- ``k == 0`` but too few
-      tries to bound the rate below ``max_rate``.
+    * ``"no failure seen (0 of n, 95% upper bound X%)"`` -- ``k == 0`` and the
+      exact one-sided ``1 - alpha`` upper bound ``X`` is below ``max_rate``;
+    * ``"not enough evidence (0 of n, 95% upper bound X%)"`` -- ``k == 0`` but
+      too few tries (cycles) to bound the rate below ``max_rate``.
+
+    ``cycles`` (complete reset cycles) as in ``should_stop``: with ``K > 1``
+    the bound counts cycles, and the text says so ("0 of 100 in 25 complete
+    reset cycles, 95% upper bound 11.3% counting cycles").
     """
     k, n = _check_counts(k, n)
+    cycles = _check_cycles(cycles, n)
     if n == 0:
         return "no usable trials"
     if k > 0:
         return f"affected ({k} of {n} tries lost a layer)"
-    bound = upper_bound(n, alpha)
+    bound = upper_bound(cycles, alpha)
+    evidence = _clean_evidence(n, cycles, bound, alpha)
     if bound < max_rate:
-        return f"no failure seen (p < {format_pct(bound)})"
-    return f"not enough evidence (0 of {n}, p < {format_pct(bound)})"
+        return f"no failure seen ({evidence})"
+    return f"not enough evidence ({evidence})"

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..results import derive, version_key
 from ._common import Method
-from .rates import failure_rate
+from .cycles import cycle_rate
 from .stopping import verdict
 
 # tables -------------------------------------------------------------------
@@ -19,9 +19,13 @@ RATE_COLUMNS = (
     "build_errors",
     "infra_errors",
     "no_cache",
+    "cycles",
     "rate",
     "ci_low",
     "ci_high",
+    "design_effect",
+    "wilson_low",
+    "wilson_high",
     "verdict",
 )
 
@@ -34,7 +38,7 @@ def rates_by(
     alpha: float = 0.05,
     max_rate: float = 0.01,
 ) -> pd.DataFrame:
-    """Failure rate with interval and verdict per group.
+    """Failure rate with a cycle-robust interval and a verdict per group.
 
     Parameters
     ----------
@@ -50,8 +54,13 @@ def rates_by(
     DataFrame
         One row per group: the ``by`` columns, then ``tries`` (counted tries),
         ``failures``, ``build_errors``, ``infra_errors``, ``no_cache`` (tries
-        known not to have used the cache), ``rate``, ``ci_low``, ``ci_high``
-        and ``verdict``; sorted with versions in numeric order.
+        known not to have used the cache), ``cycles`` (reset cycles with
+        counted tries), ``rate``, ``ci_low``/``ci_high`` (the interval with
+        reset cycles as clusters, ``cycle_rate``), ``design_effect`` (its
+        variance over the binomial one; 1 with ``K = 1``), ``wilson_low``/
+        ``wilson_high`` (the interval if tries were independent) and
+        ``verdict`` (a clean group counts complete cycles); sorted with
+        versions in numeric order.
     """
     by = [by] if isinstance(by, str) else list(by)
     if not {"counted", "failed"} <= set(df.columns):
@@ -60,21 +69,25 @@ def rates_by(
     if len(df):
         for key, group in df.groupby(by, dropna=False, sort=False):
             key = key if isinstance(key, tuple) else (key,)
-            tries = int(group["counted"].sum())
-            failures = int((group["failed"] & group["counted"]).sum())
-            fr = failure_rate(failures, tries, method=method, alpha=alpha)
+            rate = cycle_rate(group, method=method, alpha=alpha)
             rows.append(
                 {
                     **dict(zip(by, key, strict=True)),
-                    "tries": tries,
-                    "failures": failures,
+                    "tries": rate.n,
+                    "failures": rate.k,
                     "build_errors": int((group["outcome"] == "build_error").sum()),
                     "infra_errors": int((group["outcome"] == "infra_error").sum()),
                     "no_cache": int(group["cache_used"].eq(False).fillna(False).sum()),
-                    "rate": fr.p_hat,
-                    "ci_low": fr.ci_low,
-                    "ci_high": fr.ci_high,
-                    "verdict": verdict(failures, tries, max_rate=max_rate, alpha=alpha),
+                    "cycles": rate.clusters,
+                    "rate": rate.p_hat,
+                    "ci_low": rate.ci_low,
+                    "ci_high": rate.ci_high,
+                    "design_effect": rate.design_effect,
+                    "wilson_low": rate.wilson_low,
+                    "wilson_high": rate.wilson_high,
+                    "verdict": verdict(
+                        rate.k, rate.n, max_rate=max_rate, alpha=alpha, cycles=rate.complete
+                    ),
                 }
             )
     out = pd.DataFrame(rows, columns=[*by, *RATE_COLUMNS])
@@ -90,16 +103,17 @@ def rate_by_position(
     method: Method = "wilson",
     alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """Failure rate per position since the last reset (``since_reset``).
+    """Failure probability by position since the last reset (``since_reset``).
 
     A rate that is high at position 1 and falls afterwards means the bug
     shows on a fresh BuildKit state; a flat rate means positions are
     exchangeable. Same columns as ``rates_by`` with ``since_reset`` (after
-    any ``by`` columns) as the group.
+    any ``by`` columns) as the group. A cycle holds one try per position, so
+    within one position the tries are independent and the interval is
+    Wilson's.
     """
     by = [by] if isinstance(by, str) else list(by)
-    out = rates_by(df, [*by, "since_reset"], method=method, alpha=alpha)
-    return out
+    return rates_by(df, [*by, "since_reset"], method=method, alpha=alpha)
 
 
 def findings_table(
@@ -110,15 +124,28 @@ def findings_table(
     alpha: float = 0.05,
     max_rate: float = 0.01,
 ) -> pd.DataFrame:
-    """The findings table: per version x K x cache x mode, ``failures/tries``, rate, interval, verdict.
+    """The findings table: per version x K x cache x mode, ``failures/tries``, rate, intervals, verdict.
 
     A compact view of ``rates_by`` (same arguments; see there for the
-    interval and the verdict) with the counts as one ``"k/n"`` column.
+    intervals and the verdict) with the counts as one ``"k/n"`` column, the
+    reset cycles, the cycle-robust interval, its design effect and, for
+    comparison, the interval if tries were independent.
     """
     table = rates_by(df, list(by), method=method, alpha=alpha, max_rate=max_rate)
     counts = [f"{k}/{n}" for k, n in zip(table["failures"], table["tries"], strict=True)]
     return table.assign(**{"failures/tries": counts})[
-        [*by, "failures/tries", "rate", "ci_low", "ci_high", "verdict"]
+        [
+            *by,
+            "failures/tries",
+            "cycles",
+            "rate",
+            "ci_low",
+            "ci_high",
+            "design_effect",
+            "wilson_low",
+            "wilson_high",
+            "verdict",
+        ]
     ]
 
 
