@@ -50,6 +50,7 @@ from .cycles import (
     cycle_groups,
     cycle_numbers,
     cycle_rate,
+    records_frame,
 )
 from .dependence import DependenceEffect, FailureClustering, failure_clustering
 from .position import (
@@ -72,6 +73,7 @@ from .stopping import CLEAN_BOUND_ASSUMES, StopDecision, should_stop, verdict
 from .tables import RATE_COLUMNS, findings_table, rate_by_position, rates_by, results_frame
 
 __all__ = [
+    "records_frame",
     "failure_clustering",
     "FailureClustering",
     "DependenceEffect",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -26,8 +27,29 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
+from ..records import Outcome
 from ._common import Method, _check_alpha, _confidence, _counted_frame, format_pct
 from .rates import failure_rate
+
+
+def records_frame(records: Sequence[Any]) -> pd.DataFrame:
+    """The columns the cycle functions need (and ``counted``/``failed``), from trial records.
+
+    For the code that holds ``TrialRecord`` objects rather than a store frame
+    (a sweep's stopping rule, a batch's summary).
+    """
+    counted = (Outcome.OK, Outcome.MISSING_LAYER)
+    return pd.DataFrame(
+        {
+            "run_id": [r.run_id for r in records],
+            "trial": [r.trial for r in records],
+            "since_reset": [r.since_reset for r in records],
+            "reset_freq": [r.reset_freq for r in records],
+            "cycle": [getattr(r, "cycle", None) for r in records],
+            "counted": [r.outcome in counted for r in records],
+            "failed": [r.outcome is Outcome.MISSING_LAYER for r in records],
+        }
+    )
 
 
 def cycle_numbers(df: pd.DataFrame) -> pd.Series:
