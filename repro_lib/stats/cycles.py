@@ -84,17 +84,15 @@ def cycle_groups(df: pd.DataFrame) -> np.ndarray:
     ``since_reset``) gets a group of its own, i.e. it is treated as an
     independent try.
     """
-    numbers = cycle_numbers(df)
-    runs = (
-        df["run_id"].astype(str).to_numpy()
-        if "run_id" in df.columns
-        else np.full(len(df), "", dtype=object)
+    numbers = cycle_numbers(df).astype("Float64")
+    unknown = -np.arange(1, len(df) + 1, dtype=float)  # a cycle of its own, never a real number
+    keys = pd.DataFrame(
+        {
+            "run": df["run_id"].astype(str).to_numpy() if "run_id" in df.columns else "",
+            "cycle": numbers.fillna(pd.Series(unknown, index=df.index)).to_numpy(float),
+        }
     )
-    keys = [
-        f"{run}#{int(c)}" if not pd.isna(c) else f"row#{i}"
-        for i, (run, c) in enumerate(zip(runs, numbers, strict=True))
-    ]
-    return pd.factorize(pd.Series(keys, dtype=object))[0]
+    return keys.groupby(["run", "cycle"], sort=False).ngroup().to_numpy()
 
 
 def complete_cycles(df: pd.DataFrame) -> int:
