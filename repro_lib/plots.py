@@ -37,7 +37,7 @@ __all__ = [
 
 _RATE_LABEL = "P(missing layer) per try"
 _METHOD_NAMES = {"wilson": "Wilson", "beta": "Clopper-Pearson"}
-_CYCLE_INTERVAL = "cycle-robust interval (reset cycles as clusters)"
+_CYCLE_INTERVAL = "cycle-robust interval, reset cycles as clusters"
 
 
 def _prepared(df: pd.DataFrame) -> pd.DataFrame:

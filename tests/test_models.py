@@ -1,4 +1,4 @@
-"""Models of the flaky failure: hazard by position, K-curve, batches, logistic odds ratios.
+"""Models of the flaky failure: failure probability by position, K-curve, batches, odds ratios.
 
 Every statistic is checked against a hand-computed or independently computed
 answer, and against simulated data whose truth is known. Simulations use fixed

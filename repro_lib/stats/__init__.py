@@ -1,25 +1,38 @@
-"""Failure probabilities of flaky builds: intervals, comparisons, trials needed.
+"""Failure probabilities of flaky builds: intervals, comparisons, models, trials needed.
 
-Every try is treated as a Bernoulli trial: it either loses a layer
-(``missing_layer``) or not (``ok``). Build and infra errors are not trials of
-the bug and are left out of every count here (see ``repro_lib.results``).
+Every try either loses a layer (``missing_layer``) or not (``ok``). Build and
+infra errors are not trials of the bug and are left out of every count here
+(see ``repro_lib.results``).
 
-The binomial model assumes tries are independent with one common failure
-probability. Tries that share a BuildKit state between resets may not be
-independent (that is what ``rate_by_position`` and ``logistic_fit`` look at),
-so intervals are best read per cell, where the reset schedule is fixed.
+Tries that share one BuildKit state between two resets are not independent: in
+the findings dataset a failure about doubles the odds of a later failure in the
+same cycle. The **reset cycle is the unit of replication**: every interval,
+test and model that pools tries treats cycles (key ``(run_id, cycle)``) as
+clusters, and a clean verdict counts complete cycles. With ``K = 1`` every try
+is its own cycle and the binomial methods apply unchanged.
 
-Models beyond one proportion:
+The package, one module per seam:
 
-* hazard by position since reset: ``hazard_trend_test`` (constant hazard at
-  positions >= 2 against a trend), ``fit_hazard`` (``HazardModel``: the K-curve
-  ``r(K) = mean h(1..K)`` with a simulation band) and ``k_curve_fit`` (whether
-  the observed K-curve departs from the prediction);
-* batches (runs) as the unit of replication: ``batch_heterogeneity``
-  (homogeneity and Tarone's over-dispersion test per cell), ``batch_rate``
-  (a cluster-robust interval) and the batch-level test in ``compare``;
-* ``failure_model``: ``failed ~ version + log2(K) + position + cache + mode``
-  with odds ratios, or a message naming the term that separates the data.
+* ``rates``: one proportion (``failure_rate``: Wilson or Clopper-Pearson, which
+  assume independent tries), exact one-sided bounds, tries needed;
+* ``cycles``: the cycle key (``cycle_numbers``, ``cycle_groups``,
+  ``complete_cycles``) and cycle-robust rates (``cycle_rate``,
+  ``clustered_rate``: a cluster-robust GLM, with the design effect);
+* ``dependence``: ``failure_clustering``, do failures cluster within a reset
+  cycle (and, as a control, across a reset)?
+* ``stopping``: ``should_stop`` and ``verdict``, whose clean bound counts
+  complete cycles (``CLEAN_BOUND_ASSUMES``);
+* ``comparisons``: ``compare`` (a cycle- or batch-robust t test, or Fisher's
+  exact test for independent tries) and ``group_agreement``;
+* ``position``: the failure probability by position since reset
+  (``hazard_trend_test``, ``fit_hazard``/``HazardModel``) and the K-curve as a
+  held-out prediction with a likelihood-ratio test of K beyond the position
+  (``k_curve_fit``);
+* ``batches``: runs as replicates (``batch_heterogeneity`` with Tarone's test,
+  ``batch_rate``);
+* ``regression``: ``logistic_fit`` and ``failure_model`` (odds ratios with
+  cycles as clusters, or the term that separates the data);
+* ``tables``: ``rates_by``, ``rate_by_position``, ``findings_table``.
 
 References
 ----------
@@ -30,6 +43,8 @@ References
    404-413.
 .. [3] Fisher, R. A. (1922). On the interpretation of chi-squared from
    contingency tables, and the calculation of P. J. R. Stat. Soc. 85, 87-94.
+.. [4] Cameron, A. C. and Miller, D. L. (2015). A practitioner's guide to
+   cluster-robust inference. J. Human Resources 50(2), 317-372.
 """
 
 from __future__ import annotations

@@ -105,9 +105,10 @@ def should_stop(
     The clean rule counts cycles, not tries (``CLEAN_BOUND_ASSUMES``). Tries in
     one cycle share a BuildKit state and their failures cluster, so "0 of n
     tries" is likelier than ``(1 - p)^n`` and a bound from tries would stop too
-    early: at a true rate of ``max_rate`` with beta-binomial cycles
-    (within-cycle correlation 0.15) it says "clean" in about 9% of cells at
-    ``K = 4`` and 20% at ``K = 16`` instead of 5%. With ``C`` complete clean
+    early: at a true rate equal to ``max_rate = 0.05``, with beta-binomial
+    cycles (within-cycle correlation 0.15), it says "clean" in 8% of cells at
+    ``K = 4`` and 22% at ``K = 16`` instead of at most 5% (simulated in
+    ``tests/test_cycles.py``). With ``C`` complete clean
     cycles the chance ``q`` that a cycle shows the bug is below
     ``1 - alpha^(1/C)``, whatever the dependence within a cycle, and the
     per-try rate of a full cycle is at most ``q`` (a cycle with a failure has
