@@ -31,7 +31,7 @@ def format_p(p: float) -> str:
 
     A chi-square or normal tail beyond about ``1e-308`` underflows to 0; printing
     ``p = 0`` would claim certainty, so anything below ``1e-300`` reads
-    ``"< 1e-300"``. Callers write ``f"p {format_p(p)}"``-style text via ``p_text``.
+    ``"< 1e-300"`` (``p_text`` writes the whole ``"p = …"``).
     """
     if p is None or not np.isfinite(p):
         return "n/a"
