@@ -152,10 +152,10 @@ class BatchSummary:
     def of(
         cls, run_id: str, backend: Any, reset_freq: int, records: list[TrialRecord], **extra: Any
     ) -> BatchSummary:
-        from .stats import failure_rate
+        from .stats import cycle_rate, records_frame
 
         failures, counted = evidence(records)
-        rate = failure_rate(failures, counted)
+        rate = cycle_rate(records_frame(records))  # reset cycles as clusters
         return cls(
             run_id=run_id,
             backend=backend.name,

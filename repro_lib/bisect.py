@@ -8,7 +8,6 @@ from pathlib import Path
 
 import docker
 
-from . import stats
 from .config import Paths
 from .errors import UsageError
 from .sweep import Plan, run_sweep
@@ -90,7 +89,8 @@ def probe_with_sweep(
         counted = cell.tries - cell.build_errors - cell.infra_errors
         if cell.failures:
             affected: bool | None = True
-        elif counted and stats.upper_bound(counted, plan.alpha) < plan.max_rate:
+        elif cell.verdict.startswith("no failure seen"):
+            # stats.verdict: the bound counts complete reset cycles (CLEAN_BOUND_ASSUMES)
             affected = False
         else:
             affected = None

@@ -822,10 +822,10 @@ def merge(out: str, stores: tuple[str, ...]) -> None:
 )
 @click.option(
     "--tries",
-    default=300,
-    show_default=True,
+    default=None,
     type=int,
-    help="Most tries per probe (early stopping ends it sooner).",
+    help="Most tries per probe (early stopping ends it sooner). [default: enough for a clean "
+    "verdict, which counts reset cycles: reset-freq x 299 at --max-rate 0.01]",
 )
 @click.option(
     "--max-rate",
@@ -842,12 +842,17 @@ def bisect(
     """Find the boundary between --good and --bad in an ordered list of versions.
 
     Each probe runs until its verdict is decisive (a failure seen, or no failure
-    with the upper bound below --max-rate) and states its confidence.
+    with the upper bound below --max-rate; the bound counts complete reset
+    cycles, so it holds when failures cluster within a cycle) and states its
+    confidence.
     """
+    from . import stats
     from .bisect import bisect_versions, probe_with_sweep
     from .config import Paths
 
     versions = _csv(version_list) or []
+    if tries is None and 0 < max_rate < 1:  # a clean probe needs this many clean cycles
+        tries = reset_freq * stats.tries_for_upper_bound(max_rate)
     axes = {
         "versions": [good],
         "reset_freq": [reset_freq],

@@ -37,6 +37,7 @@ __all__ = [
 
 _RATE_LABEL = "P(missing layer) per try"
 _METHOD_NAMES = {"wilson": "Wilson", "beta": "Clopper-Pearson"}
+_CYCLE_INTERVAL = "cycle-robust interval, reset cycles as clusters"
 
 
 def _prepared(df: pd.DataFrame) -> pd.DataFrame:
@@ -53,13 +54,31 @@ def _counted(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["counted"]]
 
 
-def _model_band(ax: Any, x: Any, mid: Any, band: pd.DataFrame, colour: Any) -> None:
-    """A model's prediction (dashed) with its ``low``–``high`` band, kept out of the legend."""
+def _model_band(
+    ax: Any, x: Any, mid: Any, band: pd.DataFrame, colour: Any, extrapolated: Any = None
+) -> None:
+    """A model's prediction with its ``low``–``high`` band, kept out of the legend: dashed
+    where the data support it, dotted (with a fainter band) where it extrapolates."""
     xs = np.asarray(x, dtype=float)
-    ax.plot(xs, mid, linestyle="--", color=colour, label="_nolegend_")
-    ax.fill_between(
-        xs, band["low"], band["high"], color=colour, alpha=0.15, linewidth=0, label="_nolegend_"
-    )
+    mid = np.asarray(mid, dtype=float)
+    low, high = np.asarray(band["low"], dtype=float), np.asarray(band["high"], dtype=float)
+    beyond = np.zeros(len(xs), bool) if extrapolated is None else np.asarray(extrapolated, bool)
+    inside = ~beyond
+    if inside.any():
+        ax.plot(xs[inside], mid[inside], linestyle="--", color=colour, label="_nolegend_")
+        ax.fill_between(
+            xs[inside], low[inside], high[inside], color=colour, alpha=0.15, linewidth=0,
+            label="_nolegend_",
+        )  # fmt: skip
+    if beyond.any():
+        # start at the last supported point so the two pieces join
+        start = max(int(np.argmax(beyond)) - 1, 0)
+        part = slice(start, None)
+        ax.plot(xs[part], mid[part], linestyle=":", color=colour, label="_nolegend_")
+        ax.fill_between(
+            xs[part], low[part], high[part], color=colour, alpha=0.06, linewidth=0,
+            label="_nolegend_",
+        )  # fmt: skip
 
 
 def _no_data(title: str, message: str = "no data") -> Figure:
@@ -86,25 +105,31 @@ def _errorbars(table: pd.DataFrame) -> np.ndarray:
     return np.vstack([low, high])
 
 
-def _finish_rate_axes(ax: Any, xlabel: str, title: str, alpha: float, method: str) -> None:
+def _finish_rate_axes(ax: Any, xlabel: str, title: str, alpha: float, interval: str) -> None:
     """Labels, limits and legend shared by the rate-with-error-bars plots."""
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(_RATE_LABEL)
-    ax.set_title(f"{title}\n(error bars: {_conf(alpha)} {_METHOD_NAMES[method]} interval)")
+    ax.set_title(f"{title}\n(error bars: {_conf(alpha)} {interval})")
     ax.legend(title="BuildKit version")
     ax.grid(True, alpha=0.3)
 
 
-def _models(d: pd.DataFrame, labels: list[str], model: bool | None, alpha: float) -> dict:
-    """Hazard models to draw, by version label: with ``model=None`` only for versions
-    that lost a layer (a clean version's prediction is a flat zero)."""
+def _models(
+    d: pd.DataFrame, labels: list[str], model: bool | None, alpha: float, *, k_curve: bool = False
+) -> dict:
+    """Position models to draw, by version label: with ``model=None`` only for versions
+    that lost a layer (a clean version's prediction is a flat zero) and, for a K-curve
+    (``k_curve``), that were run at two or more reset frequencies (with one K the curve
+    away from it is all extrapolation)."""
     if model is False:
         return {}
     out = {}
     for label in labels:
         part = d[d["version_label"] == label]
         if model is None and not part["failed"].any():
+            continue
+        if model is None and k_curve and part["reset_freq"].nunique() < 2:
             continue
         fitted = fit_hazard(part, label, alpha=alpha)
         if fitted is not None:
@@ -124,11 +149,16 @@ def plot_rate_vs_reset(
     x: tries per fresh BuildKit state (``reset_freq``, log2 axis); y: observed
     rate with its two-sided ``1 - alpha`` interval as error bars.
 
-    ``model``: draw the rate the hazard model predicts (``stats.fit_hazard``:
-    ``r(K) = mean h(1..K)``, dashed, with its ``1 - alpha`` simulation band)
-    over every ``K`` from 1 to the largest run. ``None`` (default): for each
-    version that lost a layer and whose data support a fit; ``True``: for
-    every version with a fit; ``False``: never.
+    Error bars are cycle-robust intervals (``stats.rates_by``): tries of one
+    reset cycle are not independent.
+
+    ``model``: draw the rate the position model predicts (``stats.fit_hazard``:
+    ``r(K) = mean h(1..K)``, with its ``1 - alpha`` simulation band) over every
+    ``K`` from 1 to the version's largest K: dashed where every position of the
+    cycle was observed, dotted where the curve extrapolates beyond the highest
+    position run. ``None`` (default): for each version that lost a layer, was
+    run at two or more K and whose data support a fit; ``True``: for every
+    version with a fit; ``False``: never.
     """
     title = "Missing-layer probability vs reset frequency"
     d = _counted(_prepared(df))
@@ -139,14 +169,8 @@ def plot_rate_vs_reset(
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.add_subplot()
     labels = _series_labels(table)
-    fitted = _models(d, labels, model, alpha)
-    top = int(table["reset_freq"].max())
-    # every K up to 64, then a geometric grid (the x axis is log2)
-    grid = (
-        np.unique(np.rint(np.geomspace(1, top, 64)).astype(int))
-        if top > 64
-        else np.arange(1, top + 1)
-    )
+    fitted = _models(d, labels, model, alpha, k_curve=True)
+    extrapolating = False
     for label in labels:
         t = table[table["version_label"] == label].sort_values("reset_freq")
         bars = ax.errorbar(
@@ -159,17 +183,33 @@ def plot_rate_vs_reset(
         )
         if label in fitted:
             colour = bars.lines[0].get_color()
+            top = int(t["reset_freq"].max())
+            # every K up to 64, then a geometric grid (the x axis is log2)
+            grid = (
+                np.unique(np.rint(np.geomspace(1, top, 64)).astype(int))
+                if top > 64
+                else np.arange(1, top + 1)
+            )
             curve = fitted[label].k_curve(grid)
-            _model_band(ax, curve["reset_freq"], curve["rate"], curve, colour)
+            _model_band(
+                ax, curve["reset_freq"], curve["rate"], curve, colour, curve["extrapolated"]
+            )
+            extrapolating |= bool(curve["extrapolated"].any())
     ax.set_xscale("log", base=2)
     freqs = sorted(table["reset_freq"].astype(int).unique())
     ax.set_xticks(freqs, [str(f) for f in freqs])
     _finish_rate_axes(
-        ax, "reset frequency (tries per fresh BuildKit state, log2 scale)", title, alpha, method
+        ax,
+        "reset frequency (tries per fresh BuildKit state, log2 scale)",
+        title,
+        alpha,
+        _CYCLE_INTERVAL,
     )
     if fitted:
         ax.set_title(
-            ax.get_title() + f"\ndashed: hazard-model prediction, band {_conf(alpha)} (simulation)"
+            ax.get_title()
+            + f"\ndashed: position-model prediction, band {_conf(alpha)} (simulation)"
+            + ("; dotted: extrapolated" if extrapolating else "")
         )
     return fig
 
@@ -218,10 +258,12 @@ def plot_rate_by_position(
 ) -> Figure:
     """Failure rate by position since the last reset, one line per version.
 
-    ``model`` as in ``plot_rate_vs_reset``: the fitted hazard ``h(p)``
-    (``stats.fit_hazard``) dashed, with its ``1 - alpha`` simulation band.
+    Each reset cycle has one try per position, so the error bars are Wilson
+    intervals of independent tries. ``model`` as in ``plot_rate_vs_reset``:
+    the fitted failure probability ``h(p)`` (``stats.fit_hazard``) dashed at
+    the positions observed, with its ``1 - alpha`` band.
     """
-    title = "Missing-layer rate by position since the last reset"
+    title = "Failure probability by position since the last reset"
     d = _counted(_prepared(df))
     d = d[d["since_reset"].notna()] if not d.empty else d
     if d.empty:
@@ -250,12 +292,17 @@ def plot_rate_by_position(
     if len(positions) <= 20:
         ax.set_xticks(positions, [str(p) for p in positions])
     _finish_rate_axes(
-        ax, "position since the last reset (1 = first try on a fresh state)", title, alpha, method
+        ax,
+        "position since the last reset (1 = first try on a fresh state)",
+        title,
+        alpha,
+        f"{_METHOD_NAMES[method]} interval",
     )
     if fitted:
         ax.set_title(
             ax.get_title()
-            + f"\ndashed: fitted hazard (own first position, logistic after), band {_conf(alpha)}"
+            + "\ndashed: fitted position model (own first position, logistic after), "
+            + f"band {_conf(alpha)}"
         )
     return fig
 
@@ -310,7 +357,10 @@ def plot_cumulative_detection(
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("number of tries")
     ax.set_ylabel("P(at least one missing layer)")
-    ax.set_title(f"{title}\n(band: {_conf(alpha)} interval of the per-try rate)")
+    ax.set_title(
+        f"{title}\n(band: {_conf(alpha)} cycle-robust interval of the per-try rate; "
+        "the curve assumes independent tries)"
+    )
     ax.legend(title="BuildKit version", loc="lower right")
     ax.grid(True, alpha=0.3)
     return fig

@@ -24,11 +24,14 @@ from . import plots, stats
 from .config import Paths
 from .results import derive, filter_results, load_results, raw_rows, version_key
 from .stats import (
+    CLEAN_BOUND_ASSUMES,
     batch_heterogeneity,
     batch_rate,
     compare,
+    cycle_rate,
+    failure_clustering,
     failure_model,
-    failure_rate,
+    format_p,
     format_pct,
     hazard_trend_test,
     k_curve_fit,
@@ -49,7 +52,11 @@ _MAX_PAIRS_VERSIONS = 6
 _FIGURES = (
     ("rate_vs_reset.png", "Missing-layer probability vs reset frequency", plots.plot_rate_vs_reset),
     ("heatmap.png", "Rate by version and reset frequency", plots.plot_heatmap),
-    ("rate_by_position.png", "Rate by position since reset", plots.plot_rate_by_position),
+    (
+        "rate_by_position.png",
+        "Failure probability by position since reset",
+        plots.plot_rate_by_position,
+    ),
     (
         "cumulative_detection.png",
         "Chance of seeing the bug at least once",
@@ -318,31 +325,42 @@ def _render(
             [
                 "Cell",
                 "Tries",
+                "Reset cycles",
                 "Failures",
                 "Build errors",
                 "Infra errors",
                 "Rate",
-                f"{conf} interval",
+                f"{conf} interval (cycles as clusters)",
+                "Design effect",
+                f"{conf} Wilson (independent tries)",
             ],
             [
                 [
                     f"`{r.cell}`",
                     r.tries,
+                    r.cycles,
                     r.failures,
                     r.build_errors,
                     r.infra_errors,
                     format_pct(r.rate) if r.tries else "–",
                     _interval(r.ci_low, r.ci_high, r.tries),
+                    _design_effect(r.design_effect),
+                    _interval(r.wilson_low, r.wilson_high, r.tries),
                 ]
                 for r in cells.itertuples(index=False)
             ],
-            "lrrrrrr",
+            "lrrrrrrrrr",
         )
     )
     parts += [
         "",
-        f"Tries count only builds that finished (`ok` or `missing_layer`); intervals are "
-        f"two-sided {conf} Wilson score intervals.",
+        "Tries count only builds that finished (`ok` or `missing_layer`). Tries that share "
+        "a BuildKit state between two resets are not independent, so the reset cycle is the "
+        f"unit of replication: the {conf} interval treats cycles as clusters (binomial GLM "
+        "with cluster-robust covariance, never narrower than Wilson's). The design effect is "
+        "its variance over the binomial one (1 when every try is its own cycle, K = 1); "
+        "without a failure the upper end counts complete cycles. The Wilson interval beside "
+        "it assumes independent tries and is too narrow when failures cluster.",
     ]
 
     if counted.empty:
@@ -350,6 +368,7 @@ def _render(
     else:
         parts += _verdicts(df)
         parts += _comparisons(df, cells)
+        parts += _clustering(counted)
         parts += _positions(counted)
         parts += _figures(df, out)
     parts += _notes(df, cells)
@@ -442,22 +461,30 @@ def _no_usable(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _design_effect(value: float) -> str:
+    return f"{value:.2g}" if pd.notna(value) else "–"
+
+
 def _verdicts(df: pd.DataFrame) -> list[str]:
     table = rates_by(df, "version_label", alpha=ALPHA, max_rate=MAX_RATE)
     lines = ["", "## Verdict per version", ""]
     for r in table.itertuples(index=False):
         label = str(r.version_label)
+        part = df[df["version_label"] == r.version_label]
         if "<-" in label:
             importer, exporter = label.split("<-", 1)
             label = f"{importer} importing a cache exported by {exporter}"
-        evidence = failure_rate(r.failures, r.tries, alpha=ALPHA).describe()
-        head = str(r.verdict).split(" (")[0]
-        if head == "no failure seen" or head == "affected":
+        head, _, evidence = str(r.verdict).partition(" (")
+        evidence = evidence.rstrip(")")
+        if head == "affected":
+            lines.append(f"- **{label}**: affected — {cycle_rate(part, alpha=ALPHA).describe()}")
+        elif head == "no failure seen":
             lines.append(f"- **{label}**: {head} — {evidence}")
         elif head == "not enough evidence":
             need = tries_for_upper_bound(MAX_RATE, ALPHA)
+            unit = "clean tries" if r.tries == r.cycles else "complete clean reset cycles"
             lines.append(
-                f"- **{label}**: {head} — {evidence}; {need} clean tries would bound it "
+                f"- **{label}**: {head} — {evidence}; {need} {unit} would bound it "
                 f"below {format_pct(MAX_RATE)}"
             )
         else:
@@ -465,8 +492,9 @@ def _verdicts(df: pd.DataFrame) -> list[str]:
     lines += [
         "",
         "A single lost layer proves a version affected; a clean version is bounded, "
-        "not proven fixed (exact one-sided upper bound). For reference, moby/buildkit "
-        "#1980 and #2198 report v0.8.0–v0.9.0 affected and v0.9.1 fixed.",
+        f"not proven fixed (exact one-sided {100 * (1 - ALPHA):g}% upper bound). What the "
+        f"bound assumes: {CLEAN_BOUND_ASSUMES}. For reference, moby/buildkit #1980 and #2198 "
+        "report v0.8.0–v0.9.0 affected and v0.9.1 fixed.",
     ]
     return lines
 
@@ -479,24 +507,29 @@ def _comparisons(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     versions = rates_by(df, "version_label", alpha=ALPHA)
     versions = versions[versions["tries"] > 0]
     if len(versions) >= 2 and len(versions) <= _MAX_PAIRS_VERSIONS:
-        rows = []
+        rows, methods = [], set()
         for a, b in combinations(versions.itertuples(index=False), 2):
-            c = compare((a.failures, a.tries), (b.failures, b.tries))
+            c = compare(
+                df[df["version_label"] == a.version_label],
+                df[df["version_label"] == b.version_label],
+            )
+            methods.add(c.method)
             rows.append(
                 [
                     f"`{a.version_label}` vs `{b.version_label}`",
                     f"{a.failures}/{a.tries}",
                     f"{b.failures}/{b.tries}",
-                    f"{c.pvalue:.3g}",
+                    _METHOD_NAMES.get(c.method, c.method),
+                    format_p(c.pvalue),
                 ]
             )
-        lines.append(
-            _table(["Versions", "Failures A", "Failures B", "Fisher exact p"], rows, "lrrr")
-        )
+        lines.append(_table(["Versions", "Failures A", "Failures B", "Test", "p"], rows, "lrrlr"))
         lines += [
             "",
-            "Two-sided Fisher exact tests, pooled over each version's cells (H0: equal "
-            "failure probability). Not adjusted for multiple comparisons.",
+            "Two-sided tests of equal failure probability, pooled over each version's cells: "
+            "a cluster-robust t test with reset cycles as clusters (runs, when each version "
+            "has two or more), or Fisher's exact test when every cycle holds one try. Not "
+            "adjusted for multiple comparisons.",
         ]
     elif len(versions) < 2:
         lines.append("Only one version has usable tries, so versions are not compared.")
@@ -515,6 +548,13 @@ def _comparisons(df: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
     return lines
 
 
+_METHOD_NAMES = {
+    "fisher": "Fisher exact",
+    "cycle-t": "cycle-robust t",
+    "batch-t": "batch-robust t",
+}
+
+
 def _odds_ratios(df: pd.DataFrame) -> list[str]:
     """The odds-ratio table of ``failure_model``, or why the data cannot support it."""
     model = failure_model(df, alpha=ALPHA)
@@ -526,13 +566,13 @@ def _odds_ratios(df: pd.DataFrame) -> list[str]:
     conf = f"{100 * (1 - ALPHA):g}%"
     lines.append(
         _table(
-            ["Term", "Odds ratio", f"{conf} interval", "Wald p"],
+            ["Term", "Odds ratio", f"{conf} interval", "p"],
             [
                 [
                     r["term"],
                     f"{r['odds_ratio']:.3g}",
                     f"{r['ci_low']:.3g}–{r['ci_high']:.3g}",
-                    f"{r['pvalue']:.3g}",
+                    format_p(r["pvalue"]),
                 ]
                 for r in model.rows
             ],
@@ -545,13 +585,50 @@ def _odds_ratios(df: pd.DataFrame) -> list[str]:
         f"Logistic regression `{model.formula}` on the {model.nobs} counted tries of the "
         f"versions that lost a layer ({', '.join(f'`{v}`' for v in model.versions)}); "
         "odds ratios against the first level of each categorical term, per doubling of K "
-        f"and per position since reset.{dropped}" + (f" Note: {model.note}." if model.note else ""),
+        "and per position since reset; intervals and Wald p-values treat reset cycles as "
+        f"clusters. An interval that spans 1 means no effect detected, not no effect.{dropped}"
+        + (f" Note: {model.note}." if model.note else ""),
+    ]
+    return lines
+
+
+def _clustering(counted: pd.DataFrame) -> list[str]:
+    """Do failures cluster within a reset cycle? The dependence analysis, when it applies."""
+    result = failure_clustering(counted, alpha=ALPHA)
+    if result.within is None:
+        return []
+    lines = ["", "## Do failures cluster within a reset cycle?", "", result.describe()]
+    rows = [
+        [
+            e.comparison,
+            f"{e.odds_ratio:.3g}" if e.estimated else "–",
+            f"{e.ci_low:.3g}–{e.ci_high:.3g}" if e.estimated else "–",
+            format_p(e.pvalue) if e.estimated else e.note,
+            e.tries,
+            e.cycles,
+        ]
+        for e in (result.within, result.across)
+        if e is not None
+    ]
+    conf = f"{100 * (1 - ALPHA):g}%"
+    lines += [
+        "",
+        _table(
+            ["Failure before the try", "Odds ratio", f"{conf} interval", "p", "Tries", "Cycles"],
+            rows,
+            "lrrrrr",
+        ),
+        "",
+        "Logistic regressions on the tries at positions ≥ 2 of the runs that lost a layer, "
+        "adjusted for the position (a category) and the run; reset cycles as clusters. The "
+        "second row, a failure in the previous cycle of the same run, is the control: a reset "
+        "should wipe whatever a failure leaves behind.",
     ]
     return lines
 
 
 def _positions(counted: pd.DataFrame) -> list[str]:
-    lines = ["", "## Failure positions since reset", ""]
+    lines = ["", "## Failure probability by position since reset", ""]
     failing = counted.loc[counted["failed"], "version_label"].unique()
     if len(failing) == 0:
         return [*lines, "No try lost a layer, so there are no failure positions to show."]
@@ -584,34 +661,38 @@ def _positions(counted: pd.DataFrame) -> list[str]:
         "",
         "Pooled over the versions that lost a layer at least once ("
         + ", ".join(f"`{v}`" for v in sorted(failing, key=version_key))
-        + "). Position 1 is the first try on a fresh BuildKit state.",
+        + "). Position 1 is the first try on a fresh BuildKit state. A failure does not end "
+        "the cycle: the next try reuses the state. Each cycle has one try per position, so "
+        "the interval at one position is Wilson's.",
     ]
-    lines += _hazard(counted, failing)
+    lines += _position_models(counted, failing)
     return lines
 
 
-def _hazard(counted: pd.DataFrame, failing: Any) -> list[str]:
-    """Per affected version: trend test at positions >= 2, hazard model and K-curve fit."""
+def _position_models(counted: pd.DataFrame, failing: Any) -> list[str]:
+    """Per affected version: trend at positions >= 2, position model and the K-curve."""
     versions = sorted((str(v) for v in failing), key=version_key)
     d = counted[counted["version_label"].isin(versions)]
-    trends = [t for t in hazard_trend_test(d) if t.tested]
+    trends = [t for t in hazard_trend_test(d, alpha=ALPHA) if t.tested]
     fits = [f for f in (k_curve_fit(d, v, alpha=ALPHA) for v in versions) if f is not None]
     if not trends and not fits:
         return []
-    lines = ["", "### Hazard by position and the rate at each reset frequency", ""]
+    lines = ["", "### The position model and the rate at each reset frequency", ""]
     if trends:
         lines.append(
             "Constant failure probability at positions ≥ 2 against a trend in the position "
-            "(likelihood-ratio test of a logistic model with and without the position):"
+            "(logistic model; the cycle-robust test is the one to read, the likelihood-ratio "
+            "test beside it assumes independent tries):"
         )
         lines += [""] + [f"- {t.describe()}" for t in trends]
     if fits:
         lines += [
             "",
-            "Hazard model (position 1 on its own, logistic in the position after it); the "
-            "rate at reset frequency K is predicted as the mean hazard over a cycle, "
-            "(1/K)·Σ h(p) for p = 1..K, and compared with the observed rate at each K "
-            "(Pearson chi-square over the values of K, df = number of K values − 1):",
+            "Position model: position 1 on its own, logistic in the position after it, reset "
+            "cycles as clusters. The rate at reset frequency K is predicted as the mean failure "
+            "probability over a cycle, (1/K)·Σ P(fail at p) for p = 1..K. Where several K were "
+            "run, the model is fitted on every other K and predicts the rest (held out); the "
+            "likelihood-ratio test asks whether K matters beyond the position:",
             "",
         ]
         for f in fits:
@@ -623,9 +704,12 @@ def _hazard(counted: pd.DataFrame, failing: Any) -> list[str]:
                 f"`{f.version}`",
                 int(r["reset_freq"]),
                 f"{r['failures']}/{r['tries']}",
-                format_pct(r["observed"]),
+                f"{format_pct(r['observed'])} ({format_pct(r['observed_low'])}–"
+                f"{format_pct(r['observed_high'])})",
                 format_pct(r["predicted"]),
                 f"{format_pct(r['low'])}–{format_pct(r['high'])}",
+                ("held out" if r["held_out"] else "in-sample")
+                + (", extrapolated" if r["extrapolated"] else ""),
             ]
             for f in fits
             for r in f.table
@@ -633,13 +717,23 @@ def _hazard(counted: pd.DataFrame, failing: Any) -> list[str]:
         lines += [
             "",
             _table(
-                ["Version", "K", "Failures", "Observed", "Predicted", f"{conf} band of r(K)"],
+                [
+                    "Version",
+                    "K",
+                    "Failures",
+                    f"Observed ({conf}, cycles as clusters)",
+                    "Predicted",
+                    f"{conf} band of r(K)",
+                    "Check",
+                ],
                 rows,
-                "lrrrrr",
+                "lrrrrrl",
             ),
             "",
             "Predicted: the model's expected rate for the positions each cell ran; the band "
-            "is that of the full-cycle rate r(K), by simulation from the fitted coefficients.",
+            "is that of the full-cycle rate r(K), by simulation from the fitted coefficients. "
+            "In-sample rows were used to fit the model, so agreement there is not evidence; "
+            "extrapolated rows reach beyond the highest position the model was fitted on.",
         ]
     return lines
 

@@ -310,13 +310,21 @@ class SweepOutcome:
 
 
 def stop_rule(plan: Plan) -> Callable[[list[TrialRecord]], stats.StopDecision] | None:
+    """The ``--until-confident`` rule: ``stats.should_stop`` with the cell's complete
+    reset cycles, so a clean stop keeps its error rate when failures cluster in a cycle."""
     if not plan.until_confident:
         return None
 
     def decide(records: list[TrialRecord]) -> stats.StopDecision:
         k, n = evidence(records)
+        cycles = stats.complete_cycles(stats.records_frame(records)) if k == 0 else None
         return stats.should_stop(
-            k, n, max_rate=plan.max_rate, alpha=plan.alpha, min_tries=plan.min_tries
+            k,
+            n,
+            max_rate=plan.max_rate,
+            alpha=plan.alpha,
+            min_tries=plan.min_tries,
+            cycles=cycles,
         )
 
     return decide
@@ -466,7 +474,8 @@ def summarize(
             records = store.trials(run_id)
             run = store.run(run_id) or {}
             k, n = evidence(records)
-            rate = stats.failure_rate(k, n, alpha=plan.alpha)
+            frame = stats.records_frame(records)
+            rate = stats.cycle_rate(frame, alpha=plan.alpha)
             stopped = ((run.get("summary") or {}).get("stopped")) or ""
             rows.append(
                 CellResult(
@@ -481,7 +490,13 @@ def summarize(
                     ci_high=rate.ci_high,
                     tries_to_verdict=len(records),
                     stopped=stopped,
-                    verdict=stats.verdict(k, n, max_rate=plan.max_rate, alpha=plan.alpha),
+                    verdict=stats.verdict(
+                        k,
+                        n,
+                        max_rate=plan.max_rate,
+                        alpha=plan.alpha,
+                        cycles=stats.complete_cycles(frame),
+                    ),
                 )
             )
     return SweepOutcome(sweep_id, rows, status)

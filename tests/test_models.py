@@ -1,4 +1,4 @@
-"""Models of the flaky failure: hazard by position, K-curve, batches, logistic odds ratios.
+"""Models of the flaky failure: failure probability by position, K-curve, batches, odds ratios.
 
 Every statistic is checked against a hand-computed or independently computed
 answer, and against simulated data whose truth is known. Simulations use fixed
@@ -197,44 +197,92 @@ def test_k_curve_band_covers_the_truth_at_about_its_nominal_rate():
         assert 0.89 <= hits / runs <= 0.99, (K, hits / runs)
 
 
-def test_k_curve_goodness_of_fit_hand_computed():
-    # h(1) = 0.1 (2 of 20 over both cells), constant h = 0.25 at p = 2..4
-    d = trials(
+def cycles_frame(run, K, pattern, version="v"):
+    """Trials of one run at reset frequency K: ``pattern`` is a list of cycles, each a
+    sequence of K outcomes (True = failed), in trial order."""
+    rows, trial = [], 0
+    for cycle in pattern:
+        for position, failed in enumerate(cycle, start=1):
+            trial += 1
+            rows.append((version, K, position, bool(failed), run, trial))
+    d = pd.DataFrame(
+        rows, columns=["version_label", "reset_freq", "since_reset", "failed", "run_id", "trial"]
+    )
+    return d.assign(counted=True)
+
+
+def test_k_curve_held_out_prediction_hand_computed():
+    # fitted on K = 1 and 2: h(1) = 80/800 = 0.1 and a constant h = 120/400 = 0.3 at p >= 2
+    fit_cells = pd.concat(
         [
-            ("v", 1, 1, True, 1), ("v", 1, 1, False, 9),
-            ("v", 4, 1, True, 1), ("v", 4, 1, False, 9),
-            ("v", 4, 2, True, 3), ("v", 4, 2, False, 7),
-            ("v", 4, 3, True, 3), ("v", 4, 3, False, 7),
-            ("v", 4, 4, True, 2), ("v", 4, 4, False, 8),
+            cycles_frame("f1", 1, [[True]] * 40 + [[False]] * 360),
+            cycles_frame(
+                "f2", 2, [[True, True]] * 40 + [[False, True]] * 80 + [[False, False]] * 280
+            ),
         ]
-    )  # fmt: skip
+    )
+    # held out: K = 4, 25 cycles; failures cluster: 7 cycles lose every try, 18 none
+    held = cycles_frame("h4", 4, [[True] * 4] * 7 + [[False] * 4] * 18)
+    g = k_curve_fit(pd.concat([fit_cells, held]), fit_on=[1, 2], draws=100_000)
+    assert (g.fit_on, g.held_out, g.df) == ((1, 2), (4,), 1)
+    row = g.to_frame().set_index("reset_freq").loc[4]
+    observed, expected = 28, 25 * 0.1 + 75 * 0.3  # 25 tries at position 1, 75 after it
+    assert row["expected"] == pytest.approx(expected, rel=1e-9) and row["held_out"]
+    # V_obs: the cycle-robust (CR1) variance of the count, G/(G-1) sum (x_g - n_g p)^2 with
+    # p = 0.28, which is larger than the binomial 25*0.09 + 75*0.21 = 18
+    v_obs = 25 / 24 * (7 * (4 - 4 * 0.28) ** 2 + 18 * (0 - 4 * 0.28) ** 2)
+    # V_pred (delta method): 25^2 var(h1) + 75^2 var(h), var = p (1 - p) / n
+    v_pred = 25**2 * 0.1 * 0.9 / 800 + 75**2 * 0.3 * 0.7 / 400
+    statistic = (observed - expected) ** 2 / (v_obs + v_pred)  # 0.1034; 0.43 if binomial
+    assert g.statistic == pytest.approx(statistic, rel=0.01)
+    assert g.pvalue == pytest.approx(sps.chi2.sf(g.statistic, 1))
+    assert "held-out K = 4" in g.describe() and "is consistent with" in g.describe()
+
+
+def test_k_curve_in_sample_is_said_so():
+    d = simulate_cycles(np.random.default_rng(5), true_hazard, [1, 4], 30)
+    g = k_curve_fit(d)  # only one K >= 2: nothing can be held out
+    assert not g.tested and g.held_out == () and "in-sample only" in g.describe()
+    assert not any(r["held_out"] for r in g.table)
+
+
+def test_k_curve_under_separation_claims_no_departure():
+    # failures only at position 2: the logistic slope is -inf; the old constant fallback
+    # reported "departs from" (p = 0.003) on data like these
+    d = pd.concat(
+        [
+            cycles_frame("a", 2, [[False, True]] * 6 + [[False, False]] * 14),
+            cycles_frame("b", 4, [[False, True, False, False]] * 6 + [[False] * 4] * 14),
+            cycles_frame("c", 3, [[False, True, False]] * 6 + [[False] * 3] * 14),
+        ]
+    )
     g = k_curve_fit(d)
-    assert g.model.form == "logistic"
-    h = g.model.hazard([1, 2, 3, 4])
-    e1, v1 = 10 * h[0], 10 * h[0] * (1 - h[0])
-    e4 = 10 * h.sum()
-    v4 = 10 * np.sum(h * (1 - h))
-    expected = (1 - e1) ** 2 / v1 + (9 - e4) ** 2 / v4
-    assert g.statistic == pytest.approx(expected, rel=1e-9)
-    assert g.df == 1 and g.pvalue == pytest.approx(sps.chi2.sf(expected, 1))
-    assert g.to_frame()["failures"].tolist() == [1, 9]
+    assert g.model.separated and "every failure at position ≤ 2" in g.model.note
+    assert not g.tested and math.isnan(g.pvalue) and math.isnan(g.lr_pvalue)
+    assert "departs" not in g.describe() and "no departure is claimed" in g.describe()
 
 
-def test_k_curve_goodness_of_fit_level_and_power():
+def test_k_curve_held_out_level_and_power_and_the_k_effect_test():
     rng = np.random.default_rng(99)
-    runs, rejected, detected = 80, 0, 0
+    runs, rejected, detected, lr_rejected, lr_detected = 60, 0, 0, 0, 0
+
+    def worse_when_long(p, K):  # the reset frequency matters beyond the position
+        return np.clip(true_hazard(p) * (3.0 if K == 8 else 1.0), 0, 1)
+
     for _ in range(runs):
-        g = k_curve_fit(simulate_cycles(rng, true_hazard, [1, 2, 4, 8], 20), draws=50)
+        g = k_curve_fit(simulate_cycles(rng, true_hazard, [1, 2, 4, 8], 20), draws=200)
+        bad = k_curve_fit(simulate_cycles(rng, worse_when_long, [1, 2, 4, 8], 20), draws=200)
+        # default split: fit K = 1, 2, 8 and predict 4; the K effect test uses every K
+        assert g.fit_on == (1, 2, 8) and g.held_out == (4,)
         rejected += g.pvalue < 0.05
-
-        def worse_when_long(p, K):  # the reset frequency matters beyond the position
-            return np.clip(true_hazard(p) * (3.0 if K == 8 else 1.0), 0, 1)
-
-        bad = k_curve_fit(simulate_cycles(rng, worse_when_long, [1, 2, 4, 8], 20), draws=50)
         detected += bad.pvalue < 0.05
-    assert g.df == 3
-    assert rejected / runs <= 0.10  # nominal 0.05 (approximate df); sd over 80 is 0.024
-    assert detected / runs >= 0.7  # a threefold hazard at K = 8 is found most of the time
+        lr_rejected += g.lr_pvalue < 0.05
+        lr_detected += bad.lr_pvalue < 0.05
+    assert g.df == 1 and g.lr_df == 2
+    # nominal 0.05; sd over 60 data sets is 0.028
+    assert rejected / runs <= 0.12 and lr_rejected / runs <= 0.12, (rejected, lr_rejected)
+    # a threefold failure probability at K = 8 is found most of the time
+    assert detected / runs >= 0.6 and lr_detected / runs >= 0.7, (detected, lr_detected)
 
 
 # batches ------------------------------------------------------------------------
@@ -332,15 +380,27 @@ def test_batch_rate_matches_statsmodels_cluster_robust_glm():
     logit = math.log(p / (1 - p))
     assert r.ci_low == pytest.approx(expit(logit - t * fit.bse.iloc[0]), rel=1e-6)
     assert r.ci_high == pytest.approx(expit(logit + t * fit.bse.iloc[0]), rel=1e-6)
-    assert r.method == "cluster-robust" and r.design_effect > 1
+    assert r.method == "batch-robust" and r.design_effect > 1
     assert batch_rate(d).ci_low == pytest.approx(r.ci_low)  # DataFrame input, same answer
 
 
 def test_batch_rate_falls_back_to_wilson():
-    assert batch_rate({"a": (0, 20), "b": (0, 20)}).method == "wilson (no failure)"
+    none = batch_rate({"a": (0, 20), "b": (0, 20)})
+    assert (none.method, none.reason) == ("Wilson", "no failure: assumes independent tries")
     one = batch_rate({"a": (3, 20)})
-    assert one.method == "wilson (one batch)" and one.ci_low == failure_rate(3, 20).ci_low
-    assert batch_rate({"a": (2, 20), "b": (2, 20)}).method == "wilson (identical batch rates)"
+    assert (one.method, one.reason) == ("Wilson", "one batch")
+    assert one.ci_low == failure_rate(3, 20).ci_low
+    same = batch_rate({"a": (2, 20), "b": (2, 20)})
+    assert (same.method, same.reason) == ("Wilson", "identical batch rates")
+
+
+def test_batch_rate_is_never_narrower_than_wilson():
+    # three batches that agree more than binomial noise allows: the cluster-robust
+    # variance is a tenth of the binomial one, which used to give a narrower interval
+    r = batch_rate({"a": (10, 50), "b": (10, 50), "c": (11, 50)})
+    w = failure_rate(31, 150)
+    assert r.design_effect < 0.2
+    assert r.ci_low <= w.ci_low and r.ci_high >= w.ci_high
 
 
 def test_batch_rate_covers_the_truth_under_between_batch_variation():
@@ -364,12 +424,14 @@ def test_compare_uses_the_batch_test_when_both_groups_have_batches():
     b = batch_frame({"r4": (1, 20), "r5": (2, 20), "r6": (0, 20)})
     c = compare(a, b)
     assert (c.method, c.batches1, c.batches2) == ("batch-t", 3, 3)
-    va = 3 / 2 * ((5 - 6) ** 2 + (9 - 6) ** 2 + (4 - 6) ** 2) / 60**2
-    vb = 3 / 2 * ((1 - 1) ** 2 + (2 - 1) ** 2 + (0 - 1) ** 2) / 60**2
-    t = (18 / 60 - 3 / 60) / math.sqrt(va + vb)
+    # CR1 of a linear probability model, G = 6 batches, N = 120 tries, 2 parameters:
+    # factor G/(G-1) (N-1)/(N-2) on the sums of squared batch residuals
+    va = ((5 - 6) ** 2 + (9 - 6) ** 2 + (4 - 6) ** 2) / 60**2
+    vb = ((1 - 1) ** 2 + (2 - 1) ** 2 + (0 - 1) ** 2) / 60**2
+    t = (18 / 60 - 3 / 60) / math.sqrt(6 / 5 * 119 / 118 * (va + vb))
     assert c.statistic == pytest.approx(t)
-    assert c.pvalue == pytest.approx(2 * sps.t.sf(t, 4))
-    assert "batch-level t test" in c.describe()
+    assert c.pvalue == pytest.approx(2 * sps.t.sf(t, 5))  # t on G - 1 df
+    assert "batch-robust t test" in c.describe()
     # one batch per group, or counts: Fisher's exact test as before
     assert compare(batch_frame({"r1": (5, 20)}), b).method == "fisher"
     assert compare((18, 60), (3, 60)).method == "fisher"

@@ -153,27 +153,45 @@ def dashed(ax) -> list:
     return [line for line in ax.lines if line.get_linestyle() == "--"]
 
 
-def test_rate_vs_reset_draws_the_hazard_model_prediction(two_versions):
+def dotted(ax) -> list:
+    return [line for line in ax.lines if line.get_linestyle() == ":"]
+
+
+def test_rate_vs_reset_draws_the_position_model_prediction(two_versions):
     ax = plot_rate_vs_reset(two_versions).axes[0]
     (line,) = dashed(ax)  # v0.9.0 only: v0.9.1 never failed
     xs, ys = line.get_data()
-    assert list(xs) == [1.0, 2.0, 3.0, 4.0]
+    # positions 1 and 2 were run: r(K) for K <= 2 rests on observed positions ...
+    assert list(xs) == [1.0, 2.0]
     # h(1) = 5/12 (position 1 in both cells), h(p >= 2) = 0/8: r(K) = h(1) / K
-    assert list(ys) == pytest.approx([5 / 12, 5 / 24, 5 / 36, 5 / 48])
-    assert len(ax.collections) >= 1 and "hazard-model prediction" in ax.get_title()
+    assert list(ys) == pytest.approx([5 / 12, 5 / 24])
+    # ... and K = 3, 4 extrapolate beyond position 2: dotted, and the title says so
+    (beyond,) = dotted(ax)
+    assert list(beyond.get_data()[0]) == [2.0, 3.0, 4.0]
+    assert list(beyond.get_data()[1]) == pytest.approx([5 / 24, 5 / 36, 5 / 48])
+    assert "position-model prediction" in ax.get_title() and "dotted: extrapolated" in (
+        ax.get_title()
+    )
+    assert "cycle-robust interval" in ax.get_title()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["v0.9.0", "v0.9.1"]
     assert dashed(plot_rate_vs_reset(two_versions, model=False).axes[0]) == []
     assert len(dashed(plot_rate_vs_reset(two_versions, model=True).axes[0])) == 2
 
 
+def test_rate_vs_reset_leaves_out_the_curve_of_a_version_run_at_one_k(two_versions):
+    one_k = two_versions[two_versions["reset_freq"] == 4]
+    ax = plot_rate_vs_reset(one_k).axes[0]
+    assert dashed(ax) == [] and dotted(ax) == []
+
+
 def test_rate_vs_reset_without_later_positions_draws_no_model():
     only_first = frame([("v0.9.0", 1, 1, "missing_layer", 3), ("v0.9.0", 1, 1, "ok", 7)])
     ax = plot_rate_vs_reset(only_first).axes[0]
-    assert dashed(ax) == [] and "hazard-model" not in ax.get_title()
+    assert dashed(ax) == [] and "position-model" not in ax.get_title()
 
 
 def test_rate_by_position_draws_the_fitted_hazard(two_versions):
     ax = plot_rate_by_position(two_versions).axes[0]
     (line,) = dashed(ax)
     assert list(line.get_data()[1]) == pytest.approx([5 / 12, 0.0])
-    assert "fitted hazard" in ax.get_title()
+    assert "fitted position model" in ax.get_title()

@@ -48,6 +48,11 @@ def fill(store: Store, run_id: str, specs, *, params=None, sweep_id=None) -> Non
     store.finish_run(run_id, "done")
 
 
+def cycles(version, K, count, outcome="ok"):
+    """Specs for ``count`` full reset cycles of ``K`` tries each, in trial order."""
+    return [(version, K, p, outcome, 1) for _ in range(count) for p in range(1, K + 1)]
+
+
 def pngs(out) -> list[str]:
     return sorted(p.name for p in out.glob("*.png"))
 
@@ -79,8 +84,8 @@ def test_only_build_errors(tmp_path):
     assert "4 build errors, 1 infra errors" in text
     assert "4× `failed to solve: boom`" in text
     assert (
-        "| `backend=container/version=v0.9.0/cache=registry/reset=1/mode=daemonless` | 0 | 0 | 4 | 1 | – | – |"
-        in text
+        "| `backend=container/version=v0.9.0/cache=registry/reset=1/mode=daemonless` "
+        "| 0 | 0 | 0 | 4 | 1 | – | – | – | – |" in text
     )
     assert pngs(out) == []
     assert len(pd.read_csv(out / "trials.csv")) == 5
@@ -97,11 +102,15 @@ def test_single_cell(tmp_path):
     out = tmp_path / "out"
     text = write_report(tmp_path / "s.sqlite", out).read_text()
     assert "repro-lib reproduce --version v0.9.0 --tries 20 --reset-freq 1 --keep" in text
-    assert "**v0.9.0**: affected — 3 of 20 (15.0%, 95% CI 5.2%–36.0%)" in text
+    assert (
+        "**v0.9.0**: affected — 3 of 20 in 20 cycles (15.0%, 95% Wilson interval 5.2%–36.0%, "
+        "design effect 1; one try per cycle)"
+    ) in text
     assert "nothing to compare" in text
     assert "Fisher" not in text
-    assert "| 15.0% | 5.2%–36.0% |" in text
-    assert "## Failure positions since reset" in text
+    # K = 1: every try is its own cycle, the interval is Wilson's, unchanged
+    assert "| 15.0% | 5.2%–36.0% | 1 | 5.2%–36.0% |" in text
+    assert "## Failure probability by position since reset" in text
     for name in pngs(out):
         assert f"]({name})" in text
     assert "rate_vs_reset.png" in pngs(out)
@@ -125,7 +134,7 @@ def test_multi_version_store(tmp_path):
         fill(
             st,
             "r2",
-            [("v0.9.1", 1, 1, "ok", 6), ("v0.9.1", 4, 1, "ok", 300)],
+            [("v0.9.1", 1, 1, "ok", 6), *cycles("v0.9.1", 4, 75)],
             params={"argv": ["run", "--version", "v0.9.1"]},
             sweep_id="s1",
         )
@@ -138,7 +147,12 @@ def test_multi_version_store(tmp_path):
     assert "| Docker Engine | `24.0.5` |" in text
     assert "`moby/buildkit:v0.9.1-rootless`" in text
     assert "**v0.9.0**: affected" in text
-    assert "**v0.9.1**: no failure seen — 0 of 306 → p < 1.0% (95% upper bound)" in text
+    # 306 clean tries, but in 6 + 75 reset cycles: the bound counts cycles, not tries
+    assert (
+        "**v0.9.1**: not enough evidence — 0 of 306 in 81 complete reset cycles, 95% upper "
+        "bound 3.6% counting cycles; 299 complete clean reset cycles would bound it below 1.0%"
+    ) in text
+    assert "it assumes independent cycles and allows any dependence" in text
     assert "| `v0.9.0` vs `v0.9.1` | 9/20 | 0/306 |" in text
     assert "2 tries ended in a build error" in text
     assert pngs(out) == [
@@ -159,7 +173,7 @@ def test_dataframe_input_and_explicit_command(tmp_path):
     df = load_results(tmp_path / "s.sqlite")
     text = write_report(df, tmp_path / "out", command="make data").read_text()
     assert "```sh\nmake data\n```" in text
-    assert "**v0.9.0**: not enough evidence — 0 of 4 → p < 52.7% (95% upper bound)" in text
+    assert "**v0.9.0**: not enough evidence — 0 of 4, 95% upper bound 52.7%" in text
 
 
 def test_default_command():
@@ -255,16 +269,19 @@ def test_report_flags_a_cell_whose_batches_disagree(tmp_path):
         "Batches disagree in cell backend=container/version=v0.9.0/cache=registry/reset=1/"
         "mode=daemonless (b1: 2/20, b2: 15/20, b3: 1/20; chi-square (df 2) p =" in text
     )
-    assert "Tarone over-dispersion p =" in text and "cluster-robust interval" in text
+    assert "Tarone over-dispersion p =" in text and "batch-robust interval" in text
     assert "1 cell(s) were recorded in several batches whose failure rates agree" in text
 
 
 def test_report_hazard_model_goodness_of_fit_and_odds_ratios(tmp_path):
-    def cycle(version, K, hazard, cycles):
+    def cycle(version, K, hazard, count):
+        """``count`` cycles in trial order; position p fails in round(h_p count) of them,
+        spread over the cycles."""
         specs = []
-        for p in range(1, K + 1):
-            k = round(hazard[p - 1] * cycles)
-            specs += [(version, K, p, "missing_layer", k), (version, K, p, "ok", cycles - k)]
+        for c in range(count):
+            for p in range(1, K + 1):
+                failed = (7 * c + 3 * p) % count < round(hazard[p - 1] * count)
+                specs.append((version, K, p, "missing_layer" if failed else "ok", 1))
         return specs
 
     with Store(tmp_path / "s.sqlite") as st:
@@ -273,10 +290,13 @@ def test_report_hazard_model_goodness_of_fit_and_odds_ratios(tmp_path):
         fill(st, "r3", cycle("v0.8.3", 2, [0.1, 0.5], 20))
         fill(st, "r4", cycle("v0.8.3", 4, [0.1, 0.45, 0.35, 0.3], 20))
     text = write_report(tmp_path / "s.sqlite", tmp_path / "report").read_text()
-    assert "### Hazard by position and the rate at each reset frequency" in text
-    assert "likelihood-ratio chi2 =" in text
-    assert "v0.9.0: the observed rate over K = 2, 4" in text and "df 1, p =" in text
+    assert "### The position model and the rate at each reset frequency" in text
+    assert "likelihood-ratio chi2 =" in text and "with 40 reset cycles as clusters" in text
+    assert "fitted on K = 2, the position model predicts the held-out K = 4" in text
+    assert "df 1, p =" in text
     assert "| `v0.9.0` | 4 | 18/80 |" in text  # 3 + 6 + 5 + 4 of 80
+    assert "| held out" in text and "| in-sample |" in text
+    assert "## Do failures cluster within a reset cycle?" in text
     assert "### Odds ratios" in text
     assert "| log2(K) (per doubling of K) |" in text and "| version = v0.9.0 |" in text
     assert "| position (per step) |" in text
@@ -286,5 +306,6 @@ def test_thin_data_has_no_model_sections(tmp_path):
     with Store(tmp_path / "s.sqlite") as st:
         fill(st, "r1", [("v0.9.0", 1, 1, "missing_layer", 3), ("v0.9.0", 1, 1, "ok", 17)])
     text = write_report(tmp_path / "s.sqlite", tmp_path / "report").read_text()
-    assert "### Odds ratios" not in text and "### Hazard" not in text
+    assert "### Odds ratios" not in text and "### The position model" not in text
+    assert "## Do failures cluster" not in text  # K = 1: no cycle holds two tries
     assert "Batches disagree" not in text

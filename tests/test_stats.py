@@ -69,7 +69,7 @@ def test_upper_bound_0_of_300_is_one_sided_exact():
 
 
 def test_describe_zero_failures_uses_one_sided_bound():
-    assert failure_rate(0, 300).describe() == "0 of 300 → p < 1.0% (95% upper bound)"
+    assert failure_rate(0, 300).describe() == "0 of 300 (95% upper bound 1.0%)"
     assert "99% upper bound" in failure_rate(0, 300, alpha=0.01).describe()
 
 
@@ -154,7 +154,7 @@ def test_should_stop_sequence_with_failure():
 def test_verdict():
     assert verdict(0, 0) == "no usable trials"
     assert verdict(3, 20).startswith("affected")
-    assert verdict(0, 300) == "no failure seen (p < 1.0%)"
+    assert verdict(0, 300) == "no failure seen (0 of 300, 95% upper bound 1.0%)"
     assert verdict(0, 50).startswith("not enough evidence")
     assert verdict(0, 60, max_rate=0.05).startswith("no failure seen")
 
@@ -180,7 +180,7 @@ def test_compare_dataframes_and_failure_rates():
             ("v0.9.1", 1, 1, "ok", 5),
             ("v0.9.1", 1, 1, "build_error", 4),
         ]
-    )
+    ).assign(run_id="r2")  # another run: its trial numbers name other cycles
     c = compare(a, b)
     assert (c.k1, c.n1, c.k2, c.n2) == (8, 10, 1, 6)  # build errors not counted
     assert compare(failure_rate(8, 10), failure_rate(1, 6)).pvalue == pytest.approx(c.pvalue)

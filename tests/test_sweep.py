@@ -123,7 +123,14 @@ def test_early_stopping_on_known_sequences():
     # build errors are not evidence: they neither stop a cell nor count as clean tries
     assert not rule(_records("b" * 40))
     clean = [n for n in range(1, 60) if rule(_records("o" * n)).stop]
-    assert clean and clean[0] == 29  # 0/29: exact 95% upper bound 0.098 < 0.10
+    assert clean and clean[0] == 29  # K = 1: 0/29, exact 95% upper bound 0.098 < 0.10
+    # K = 4: the clean bound counts complete reset cycles, so 29 cycles = 116 tries
+    cycled = [
+        make_record(i, "ok", reset_freq=4, since_reset=(i - 1) % 4 + 1) for i in range(1, 130)
+    ]
+    stops = [n for n in range(1, 130) if rule(cycled[:n]).stop]
+    assert stops[0] == 116 and "29 complete reset cycles" in rule(cycled[:116]).reason
+    assert not rule(cycled[:115]).stop  # 28 complete cycles and a partial one
     assert (
         stop_rule(Plan(versions=["v"], reset_freq=[4], cache=["inline"], mode=["daemonless"]))
         is None
@@ -263,7 +270,8 @@ def test_until_confident_stops_cells_early(docker_client, fixture_images, docker
     }
     assert cells["bad"]["tries"] == 1 and cells["bad"]["failures"] == 1 and cells["bad"]["stopped"]
     assert (
-        cells["good"]["failures"] == 0 and cells["good"]["tries"] == 14 and cells["good"]["stopped"]
+        # reset every 4 (the default): 14 complete clean cycles bound the rate below 0.2
+        cells["good"]["failures"] == 0 and cells["good"]["tries"] == 56 and cells["good"]["stopped"]
     )
     assert "affected" in cells["bad"]["verdict"]
 
@@ -282,7 +290,7 @@ def test_bisect_through_the_engine_backend(docker_client, fixture_images, docker
         "--max-rate",
         "0.25",
         "--tries",
-        "40",
+        "48",  # a clean probe needs 11 complete reset cycles of 4 (bound 0.238 < 0.25)
         "--json",
         home=lab_home,
         env=env,

@@ -1,0 +1,365 @@
+"""Reset cycles as the unit of replication: the cycle key and cycle-robust rates.
+
+Tries that share one BuildKit state between two resets are not independent:
+in the findings dataset a failure raises the odds of a later failure in the
+same cycle about twofold (``repro_lib.stats.dependence``). A reset cycle, not a
+try, is therefore the unit of replication. Every interval that pools tries
+treats the cycles as clusters: a binomial GLM (intercept only, statsmodels)
+with cluster-robust covariance, groups = cycles. With ``K = 1`` every try is
+its own cycle and nothing changes.
+
+The cycle of a try is identified by ``(run_id, cycle)``, where ``cycle`` is the
+trial number of the first try of that reset cycle. A store that records a
+``cycle`` column (unique within a run even when a cell is rerun after a worker
+death) is used as it is; otherwise the cycle is derived as
+``trial - since_reset + 1``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+
+from ..records import Outcome
+from ._common import Method, _check_alpha, _confidence, _counted_frame, format_pct
+from .rates import failure_rate
+
+
+def records_frame(records: Sequence[Any]) -> pd.DataFrame:
+    """The columns the cycle functions need (and ``counted``/``failed``), from trial records.
+
+    For the code that holds ``TrialRecord`` objects rather than a store frame
+    (a sweep's stopping rule, a batch's summary).
+    """
+    counted = (Outcome.OK, Outcome.MISSING_LAYER)
+    return pd.DataFrame(
+        {
+            "run_id": [r.run_id for r in records],
+            "trial": [r.trial for r in records],
+            "since_reset": [r.since_reset for r in records],
+            "reset_freq": [r.reset_freq for r in records],
+            "cycle": [getattr(r, "cycle", None) for r in records],
+            "counted": [r.outcome in counted for r in records],
+            "failed": [r.outcome is Outcome.MISSING_LAYER for r in records],
+        }
+    )
+
+
+def cycle_numbers(df: pd.DataFrame) -> pd.Series:
+    """The reset cycle of each try: the trial number of the first try of its cycle.
+
+    The stored ``cycle`` column where it is present and not null; otherwise
+    ``trial - since_reset + 1``; ``<NA>`` when neither can be known (then the
+    try is treated as a cycle of its own, see ``cycle_groups``).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> d = pd.DataFrame({"trial": [1, 2, 3, 4, 5], "since_reset": [1, 2, 3, 1, 2]})
+    >>> cycle_numbers(d).tolist()
+    [1, 1, 1, 4, 4]
+    """
+    derived = pd.Series(pd.NA, index=df.index, dtype="Int64")
+    if {"trial", "since_reset"} <= set(df.columns):
+        trial = pd.to_numeric(df["trial"], errors="coerce")
+        position = pd.to_numeric(df["since_reset"], errors="coerce")
+        derived = (trial - position + 1).round().astype("Int64")
+    if "cycle" in df.columns:
+        stored = pd.to_numeric(df["cycle"], errors="coerce").round().astype("Int64")
+        return stored.fillna(derived)
+    return derived
+
+
+def cycle_groups(df: pd.DataFrame) -> np.ndarray:
+    """An integer per try naming its reset cycle ``(run_id, cycle)``, for cluster covariances.
+
+    A try whose cycle cannot be known (no ``cycle``, ``trial`` or
+    ``since_reset``) gets a group of its own, i.e. it is treated as an
+    independent try.
+    """
+    numbers = cycle_numbers(df).astype("Float64")
+    unknown = -np.arange(1, len(df) + 1, dtype=float)  # a cycle of its own, never a real number
+    keys = pd.DataFrame(
+        {
+            "run": df["run_id"].astype(str).to_numpy() if "run_id" in df.columns else "",
+            "cycle": numbers.fillna(pd.Series(unknown, index=df.index)).to_numpy(float),
+        }
+    )
+    return keys.groupby(["run", "cycle"], sort=False).ngroup().to_numpy()
+
+
+def complete_cycles(df: pd.DataFrame) -> int:
+    """Reset cycles whose ``K`` tries all counted (``ok`` or ``missing_layer``).
+
+    Only complete cycles enter a bound that counts cycles: a partial cycle (a
+    cell stopped mid-cycle, or a build error inside it) saw fewer positions and
+    is less likely to show the bug. A try whose cycle or ``reset_freq`` is
+    unknown counts as a complete cycle of one try.
+    """
+    d = _counted_frame(df)
+    if d.empty:
+        return 0
+    groups = cycle_groups(d)
+    size = (
+        pd.to_numeric(d["reset_freq"], errors="coerce").to_numpy(float)
+        if "reset_freq" in d.columns
+        else np.full(len(d), np.nan)
+    )
+    known = ~cycle_numbers(d).isna().to_numpy()
+    size = np.where(known & np.isfinite(size), size, 1.0)
+    table = pd.DataFrame({"group": groups, "size": size}).groupby("group")
+    return int((table.size() == table["size"].max()).sum())
+
+
+@dataclass(frozen=True)
+class ClusteredRate:
+    """A failure proportion with an interval that treats clusters (cycles or batches) as the unit.
+
+    The estimate is the pooled ``p = k / n``. The interval is the Wald interval
+    on the logit scale of an intercept-only binomial GLM (statsmodels) with
+    cluster-robust covariance (CR1) and a Student t quantile on ``G - 1``
+    degrees of freedom (``use_t=True``), so it widens when clusters differ and
+    when there are few of them. No model of the cluster effect is assumed
+    (beta-binomial clusters are covered), only independent clusters.
+
+    It is never narrower than the Wilson interval of independent tries: a
+    design effect below 1 (positions within a cycle acting like strata, or
+    noise from few clusters) is not used to narrow it, so the reported interval
+    is the union of the two.
+
+    Without a failure (or with only failures) there is no cluster variance. For
+    cycles the upper end then counts complete cycles: ``0`` failures in ``C``
+    complete cycles bounds the chance that a cycle shows the bug below
+    ``1 - (alpha/2)^(1/C)``, and the per-try rate of a full cycle is no larger,
+    whatever the dependence within a cycle (``method == "cycle-count"``). For
+    batches the Wilson interval is used (``reason`` says so).
+
+    Attributes
+    ----------
+    k, n : int
+        Failures and counted tries.
+    clusters : int
+        ``G``: cycles or batches with counted tries.
+    complete : int
+        Complete cycles (all ``K`` tries counted); ``clusters`` for batches.
+    p_hat, ci_low, ci_high : float
+        The estimate and the reported two-sided ``1 - alpha`` interval.
+    se : float
+        Cluster-robust standard error of ``p_hat`` (NaN when not estimated).
+    design_effect : float
+        Cluster-robust variance over the binomial variance ``p (1 - p) / n``:
+        1 for independent tries, above 1 when failures cluster (NaN when not
+        estimated). The interval is ``sqrt(design_effect)`` times wider.
+    wilson_low, wilson_high : float
+        The Wilson (or Clopper-Pearson) interval that assumes independent tries.
+    method : str
+        How ``ci_low``/``ci_high`` were made: ``"cycle-robust"``,
+        ``"batch-robust"``, ``"cycle-count"`` (no failure), ``"Wilson"`` or
+        ``"Clopper-Pearson"`` (see ``reason``), ``"none"``.
+    reason : str
+        Why the interval is not cluster-robust, when it is not.
+    unit : str
+        ``"cycle"`` or ``"batch"``.
+    alpha : float
+
+    References
+    ----------
+    Cameron, A. C. and Miller, D. L. (2015). A practitioner's guide to
+    cluster-robust inference. J. Human Resources 50(2), 317-372.
+    Kish, L. (1965). Survey Sampling, Wiley, section 8.2 (design effect).
+    """
+
+    k: int
+    n: int
+    clusters: int
+    complete: int
+    p_hat: float
+    ci_low: float
+    ci_high: float
+    se: float
+    design_effect: float
+    wilson_low: float
+    wilson_high: float
+    method: str
+    reason: str = ""
+    unit: str = "cycle"
+    alpha: float = 0.05
+
+    @property
+    def batches(self) -> int:
+        """``clusters`` under the name ``BatchRate`` had."""
+        return self.clusters
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([asdict(self)])
+
+    def describe(self) -> str:
+        """E.g. ``"24 of 200 in 13 cycles (12.0%, 95% cycle-robust interval 5.8%–23.3%, design effect 3.5)"``."""
+        conf = _confidence(self.alpha)
+        if self.n == 0:
+            return "no usable tries"
+        deff = (
+            f", design effect {self.design_effect:.2g}" if np.isfinite(self.design_effect) else ""
+        )
+        units = self.unit if self.clusters == 1 else _PLURAL.get(self.unit, self.unit)
+        return (
+            f"{self.k} of {self.n} in {self.clusters} {units} "
+            f"({format_pct(self.p_hat)}, {conf} {self.method} interval "
+            f"{format_pct(self.ci_low)}–{format_pct(self.ci_high)}{deff}"
+            f"{'; ' + self.reason if self.reason else ''})"
+        )
+
+
+_PLURAL = {"cycle": "cycles", "batch": "batches"}
+
+
+def cluster_fit_options(groups: np.ndarray) -> dict[str, Any]:
+    """statsmodels ``fit`` options for cluster-robust covariance over ``groups``.
+
+    Empty (the model-based covariance) when every try is its own cluster
+    (``K = 1``: independent tries, nothing to correct) or there is one cluster
+    only; otherwise ``cov_type="cluster"`` with a Student t reference on
+    ``G - 1`` df (``use_t=True``).
+    """
+    g = len(np.unique(groups))
+    if g == len(groups) or g < 2:
+        return {}
+    return {"cov_type": "cluster", "cov_kwds": {"groups": np.asarray(groups)}, "use_t": True}
+
+
+def _cluster_fit(y: np.ndarray, groups: np.ndarray) -> object | None:
+    """Intercept-only binomial GLM with cluster-robust covariance; None if it cannot be fitted."""
+    import statsmodels.api as sm  # imported when used: keeps the CLI's start-up quick
+
+    model = sm.GLM(y.astype(float), np.ones((len(y), 1)), family=sm.families.Binomial())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return model.fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+    except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
+        return None
+
+
+def clustered_rate(
+    failed: np.ndarray | pd.Series,
+    groups: np.ndarray,
+    *,
+    unit: str = "cycle",
+    complete: int | None = None,
+    method: Method = "wilson",
+    alpha: float = 0.05,
+) -> ClusteredRate:
+    """A pooled failure rate whose interval treats ``groups`` as clusters (see ``ClusteredRate``).
+
+    Parameters
+    ----------
+    failed : array of bool
+        One entry per counted try.
+    groups : array of int
+        The cluster of each try (``cycle_groups`` for cycles).
+    unit : {"cycle", "batch"}
+    complete : int, optional
+        Complete cycles, for the upper end without failures; default: every cluster.
+    method, alpha : see ``failure_rate`` (the independent-tries interval and the floor).
+    """
+    alpha = _check_alpha(alpha)
+    y = np.asarray(failed, dtype=float)
+    groups = np.asarray(groups)
+    k, n = int(y.sum()), len(y)
+    g = len(np.unique(groups)) if n else 0
+    complete = g if complete is None else int(complete)
+    naive = failure_rate(k, n, method=method, alpha=alpha)
+
+    def result(
+        low: float, high: float, se: float, deff: float, how: str, reason: str = ""
+    ) -> ClusteredRate:
+        return ClusteredRate(
+            k,
+            n,
+            g,
+            complete,
+            naive.p_hat,
+            float(low),
+            float(high),
+            se,
+            deff,
+            naive.ci_low,
+            naive.ci_high,
+            how,
+            reason,
+            unit,
+            alpha,
+        )
+
+    name = "Wilson" if method == "wilson" else "Clopper-Pearson"
+    nan = math.nan
+    if n == 0:
+        return result(0.0, 1.0, nan, nan, "none", "no tries")
+    if g == n:
+        return result(naive.ci_low, naive.ci_high, nan, 1.0, name, f"one try per {unit}")
+    if k == 0 or k == n:
+        what = "no failure" if k == 0 else "only failures"
+        if unit != "cycle":
+            return result(
+                naive.ci_low, naive.ci_high, nan, nan, name, f"{what}: assumes independent tries"
+            )
+        # no cluster variance: count complete cycles (any dependence within a cycle)
+        edge = 1 - (alpha / 2) ** (1 / complete) if complete else 1.0
+        reason = f"{what}: counts {complete} complete cycles"
+        if k == 0:
+            return result(0.0, max(naive.ci_high, edge), nan, nan, "cycle-count", reason)
+        return result(min(naive.ci_low, 1 - edge), 1.0, nan, nan, "cycle-count", reason)
+    if g < 2:
+        return result(naive.ci_low, naive.ci_high, nan, nan, name, f"one {unit}")
+    fit = _cluster_fit(y, groups)
+    bse = float(np.asarray(fit.bse)[0]) if fit is not None else nan
+    p = k / n
+    deff = bse**2 * n * p * (1 - p)
+    if not np.isfinite(deff) or deff < 1e-9:  # rounding noise, not variance
+        return result(naive.ci_low, naive.ci_high, nan, nan, name, f"identical {unit} rates")
+    low, high = expit(np.asarray(fit.conf_int(alpha))[0])
+    return result(
+        min(low, naive.ci_low), max(high, naive.ci_high), bse * p * (1 - p), deff, f"{unit}-robust"
+    )
+
+
+def cycle_rate(
+    df: pd.DataFrame, *, method: Method = "wilson", alpha: float = 0.05
+) -> ClusteredRate:
+    """The pooled failure rate of counted tries with reset cycles as clusters.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Trials as from ``load_results`` (counted rows are used).
+    method, alpha : see ``failure_rate``.
+
+    Returns
+    -------
+    ClusteredRate
+        With ``K = 1`` (one try per cycle) exactly the Wilson interval.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> d = pd.DataFrame({"run_id": "r", "trial": range(1, 9), "since_reset": [1, 2] * 4,
+    ...                   "reset_freq": 2, "failed": [0, 1, 0, 1, 0, 0, 0, 0]})
+    >>> r = cycle_rate(d.assign(counted=True, failed=d["failed"].astype(bool)))
+    >>> (r.k, r.n, r.clusters, r.complete)
+    (2, 8, 4, 4)
+    """
+    d = _counted_frame(df)
+    return clustered_rate(
+        d["failed"].to_numpy(bool),
+        cycle_groups(d),
+        complete=complete_cycles(d),
+        method=method,
+        alpha=alpha,
+    )
