@@ -270,3 +270,11 @@ def test_failure_clustering_has_nothing_to_say_without_cycles_or_failures():
     assert failure_clustering(k1).within is None and "K = 1" in failure_clustering(k1).message
     clean = cycle_trials(np.zeros((5, 4), bool), 4)
     assert "no try lost a layer" in failure_clustering(clean).describe()
+
+
+def test_a_batch_with_no_tries_has_no_rate_and_no_error():
+    # a batch refused before its first try (absent image) still gets a summary
+    from repro_lib.stats.cycles import cycle_rate, records_frame
+
+    rate = cycle_rate(records_frame([]))
+    assert (rate.n, rate.clusters, rate.reason) == (0, 0, "no tries")

@@ -68,4 +68,5 @@ def _check_alpha(alpha: float) -> float:
 def _counted_frame(df: pd.DataFrame) -> pd.DataFrame:
     if not {"counted", "failed"} <= set(df.columns):
         df = derive(df)
-    return df[df["counted"]]
+    # .loc with a bool mask: an empty object-dtype mask would select columns instead
+    return df.loc[df["counted"].astype(bool)]

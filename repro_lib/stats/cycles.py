@@ -46,8 +46,8 @@ def records_frame(records: Sequence[Any]) -> pd.DataFrame:
             "since_reset": [r.since_reset for r in records],
             "reset_freq": [r.reset_freq for r in records],
             "cycle": [getattr(r, "cycle", None) for r in records],
-            "counted": [r.outcome in counted for r in records],
-            "failed": [r.outcome is Outcome.MISSING_LAYER for r in records],
+            "counted": pd.Series([r.outcome in counted for r in records], dtype=bool),
+            "failed": pd.Series([r.outcome is Outcome.MISSING_LAYER for r in records], dtype=bool),
         }
     )
 
