@@ -43,7 +43,7 @@ class Column:
 
     A store written before the column existed gains it when a writer next opens
     the store: its older rows hold NULL, or ``backfill`` when given (an SQL
-    expression over the row's other columns, e.g. derived from them).
+    expression over the row's other columns).
     """
 
     name: str
@@ -141,6 +141,7 @@ TABLES: dict[str, Table] = {
         ),
     ),
 }
+#: the indexes of a store, by name
 INDEXES = {
     "trials_by_sweep": "CREATE INDEX IF NOT EXISTS trials_by_sweep ON trials(sweep_id, cell)",
 }
@@ -162,7 +163,7 @@ NETWORK_FILESYSTEMS = frozenset(
         "9p",
         "afs",
         "ceph",
-        "fuse.ceph",
+        "fuse.ceph-fuse",
         "glusterfs",
         "fuse.glusterfs",
         "lustre",
