@@ -40,7 +40,7 @@ def _store(tmp: Path, round_no: int) -> Path:
     return tmp / f"round-{round_no:02d}.sqlite"
 
 
-def old_store(path: Path, run_id: str) -> None:
+def _old_store(path: Path, run_id: str) -> None:
     """A store as a version before ``user_version`` wrote it, holding one run of two trials."""
     with Store(path) as store:
         store.start_run(run_id, {})
@@ -144,7 +144,7 @@ def test_eight_processes_creating_one_store_each_round(tmp_path, before):
         if before == "empty file":
             path.touch()
         elif before == "old schema":
-            old_store(path, f"old-r{round_no}")
+            _old_store(path, f"old-r{round_no}")
             keys |= {(f"old-r{round_no}", 1), (f"old-r{round_no}", 2)}
         expected[path] = keys
     start, opened = _fork.Barrier(WRITERS), _fork.Barrier(WRITERS)
