@@ -670,7 +670,9 @@ def sweep(
         return False
 
     try:
-        for c in client.containers.list(all=True, filters=flt):
+        # another live run removes its containers at any time: one gone between
+        # the listing and its inspection is skipped, not a failed cleanup
+        for c in client.containers.list(all=True, filters=flt, ignore_removed=True):
             if wanted(c.labels, c.name):
                 with contextlib.suppress(docker.errors.NotFound):
                     c.remove(force=True, v=True)
@@ -693,7 +695,9 @@ def sweep(
 def leftovers(client: docker.DockerClient, run_id: str | None = None) -> dict[str, list[str]]:
     flt = label_filter(run_id)
     return {
-        "containers": [c.name for c in client.containers.list(all=True, filters=flt)],
+        "containers": [
+            c.name for c in client.containers.list(all=True, filters=flt, ignore_removed=True)
+        ],
         "volumes": [v.name for v in client.volumes.list(filters=flt)],
     }
 

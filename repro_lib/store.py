@@ -3,13 +3,26 @@
 Each trial row is committed when its try ends, so a crash loses at most the
 try in flight. Rows are never updated or deleted; ``UNIQUE(run_id, trial)``
 makes a rerun of a recorded trial an error instead of a duplicate.
+
+Several processes may open, create and write one store at once: a new store
+appears complete (built beside its path and linked into place), and an older
+store is upgraded by one opener while the others wait for it. SQLite's WAL mode
+needs a local filesystem, so a store on a network filesystem is refused for
+writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import random
+import re
+import secrets
 import sqlite3
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,75 +32,286 @@ import pandas as pd
 from .errors import InfraError, UsageError
 from .records import TRIAL_COLUMNS, TrialRecord
 
-_SQL_TYPES = {
-    "trial": "INTEGER NOT NULL",
-    "duration_s": "REAL",
-    "reset_freq": "INTEGER",
-    "since_reset": "INTEGER",
-    "reset_index": "INTEGER",
-    "lane": "INTEGER",
-    "layers": "INTEGER",
-    "cache_hits": "INTEGER",
-    "cache_steps": "INTEGER",
-    "cache_pulled": "INTEGER",
-    "privileged": "INTEGER",
-    "cpus": "INTEGER",
-    "attempt": "INTEGER",
+#: seconds a writer waits for another one (SQLite's busy timeout), also while
+#: another process creates or upgrades the store
+BUSY_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a store table.
+
+    A store written before the column existed gains it when a writer next opens
+    the store: its older rows hold NULL, or ``backfill`` when given (an SQL
+    expression over the row's other columns).
+    """
+
+    name: str
+    sql_type: str = "TEXT"
+    backfill: str | None = None
+
+    def added(self, table: str) -> list[str]:
+        """The statements that give an existing ``table`` this column."""
+        # ALTER TABLE cannot add a key or a NOT NULL column without a default
+        sql_type = re.sub(r"\s*\b(NOT NULL|PRIMARY KEY|UNIQUE)\b", "", self.sql_type)
+        statements = [f"ALTER TABLE {table} ADD COLUMN {self.name} {sql_type}"]
+        if self.backfill:
+            statements.append(f"UPDATE {table} SET {self.name} = ({self.backfill})")
+        return statements
+
+
+@dataclass(frozen=True)
+class Table:
+    """A store table: its columns, then its constraints (e.g. a UNIQUE clause)."""
+
+    columns: tuple[Column, ...]
+    constraints: str = ""
+
+    def create(self, name: str) -> str:
+        columns = ", ".join(f"{c.name} {c.sql_type}" for c in self.columns)
+        tail = f", {self.constraints}" if self.constraints else ""
+        return f"CREATE TABLE {name} ({columns}{tail})"
+
+
+#: trials columns that are not plain TEXT; every other name in TRIAL_COLUMNS is
+_TRIAL_TYPES = {
+    c.name: c
+    for c in (
+        Column("trial", "INTEGER NOT NULL"),
+        Column("duration_s", "REAL"),
+        Column("reset_freq", "INTEGER"),
+        Column("since_reset", "INTEGER"),
+        Column("reset_index", "INTEGER"),
+        Column("lane", "INTEGER"),
+        Column("layers", "INTEGER"),
+        Column("cache_hits", "INTEGER"),
+        Column("cache_steps", "INTEGER"),
+        Column("cache_pulled", "INTEGER"),
+        Column("privileged", "INTEGER"),
+        Column("cpus", "INTEGER"),
+        Column("attempt", "INTEGER"),
+    )
 }
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    sweep_id TEXT,
-    cell TEXT,
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    status TEXT NOT NULL,
-    params TEXT NOT NULL,
-    summary TEXT,
-    shard TEXT,
-    plan_digest TEXT
-);
-CREATE TABLE IF NOT EXISTS trials (
-    {", ".join(f"{c} {_SQL_TYPES.get(c, 'TEXT')}" for c in TRIAL_COLUMNS)},
-    UNIQUE(run_id, trial)
-);
-CREATE TABLE IF NOT EXISTS sweeps (
-    sweep_id TEXT PRIMARY KEY,
-    started_at TEXT NOT NULL,
-    plan TEXT NOT NULL,
-    status TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS trials_by_sweep ON trials(sweep_id, cell);
-CREATE TABLE IF NOT EXISTS batches (
-    run_id TEXT PRIMARY KEY,
-    recorded_at TEXT NOT NULL,
-    cache_type TEXT,
-    exporter TEXT,
-    location TEXT,
-    status TEXT NOT NULL,
-    detail TEXT,
-    manifest_digest TEXT,
-    media_type TEXT,
-    layer_count INTEGER,
-    empty_layers INTEGER,
-    layers TEXT,
-    manifest_path TEXT,
-    reference TEXT
-);
-"""
-
+#: Every table of a store, column by column. Adding a column here (or a field to TrialRecord) is the
+#: whole upgrade: existing stores gain it, once, when a writer opens them.
+TABLES: dict[str, Table] = {
+    "runs": Table(
+        (
+            Column("run_id", "TEXT PRIMARY KEY"),
+            Column("sweep_id"),
+            Column("cell"),
+            Column("started_at", "TEXT NOT NULL"),
+            Column("finished_at"),
+            Column("status", "TEXT NOT NULL"),
+            Column("params", "TEXT NOT NULL"),
+            Column("summary"),
+            Column("shard"),
+            Column("plan_digest"),
+        ),
+    ),
+    "trials": Table(
+        tuple(_TRIAL_TYPES.get(name, Column(name)) for name in TRIAL_COLUMNS),
+        "UNIQUE(run_id, trial)",
+    ),
+    "sweeps": Table(
+        (
+            Column("sweep_id", "TEXT PRIMARY KEY"),
+            Column("started_at", "TEXT NOT NULL"),
+            Column("plan", "TEXT NOT NULL"),
+            Column("status", "TEXT NOT NULL"),
+        ),
+    ),
+    "batches": Table(
+        (
+            Column("run_id", "TEXT PRIMARY KEY"),
+            Column("recorded_at", "TEXT NOT NULL"),
+            Column("cache_type"),
+            Column("exporter"),
+            Column("location"),
+            Column("status", "TEXT NOT NULL"),
+            Column("detail"),
+            Column("manifest_digest"),
+            Column("media_type"),
+            Column("layer_count", "INTEGER"),
+            Column("empty_layers", "INTEGER"),
+            Column("layers"),
+            Column("manifest_path"),
+            Column("reference"),
+        ),
+    ),
+}
+#: the indexes of a store, by name
+INDEXES = {
+    "trials_by_sweep": "CREATE INDEX IF NOT EXISTS trials_by_sweep ON trials(sweep_id, cell)",
+}
 
 #: ``PRAGMA user_version`` of the layout above. Stores at 0 predate versioning;
-#: they gain the newer runs columns (and this version) when a sweep first tags a
-#: run in them, never by being read: reading must not change a shipped dataset.
+#: a writer opening one brings it to this layout and version. Reading (``read_only``)
+#: never changes a store: a shipped dataset stays as it was.
 SCHEMA_VERSION = 1
-#: runs columns added after the first release, with their SQL types
-RUN_COLUMNS_ADDED = {"shard": "TEXT", "plan_digest": "TEXT"}
+
+#: filesystems whose locks and shared memory SQLite's WAL mode cannot rely on
+#: (https://sqlite.org/wal.html: "WAL does not work over a network filesystem")
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "9p",
+        "afs",
+        "ceph",
+        "fuse.ceph-fuse",
+        "glusterfs",
+        "fuse.glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "fuse.sshfs",
+    }
+)
+#: where Linux lists the mounts this process sees, with their filesystem types
+MOUNTS = Path("/proc/mounts")
 
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def filesystem_type(path: str | Path) -> str | None:
+    """The type of the filesystem that holds ``path`` (``ext4``, ``nfs4``, ...).
+
+    Read from /proc/mounts: the mount point nearest to the path wins, and of two
+    mounts on one point the later, which hides the earlier. None where there is
+    no /proc/mounts (not Linux).
+    """
+    try:
+        lines = MOUNTS.read_text().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    nearest, fs_type = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # spaces and other blanks in a mount point are written as octal escapes
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(nearest):
+            nearest, fs_type = point, fields[2]
+    return fs_type
+
+
+def _refuse_network_filesystem(path: Path) -> None:
+    fs_type = filesystem_type(path)
+    if fs_type in NETWORK_FILESYSTEMS:
+        raise UsageError(
+            f"results store {path} is on a network filesystem ({fs_type}), "
+            "where SQLite's WAL mode can lose or corrupt rows",
+            hint="pass --store on a local disk (e.g. under /var/tmp), "
+            "then copy it or `repro-lib merge` it where you want it",
+        )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _create(path: Path) -> None:
+    """Make a new store at ``path`` in one step, so that nobody sees it half made.
+
+    It is built under a private name beside ``path`` and hard-linked into place:
+    of several processes creating one store at once, one link wins and the
+    others open that store. Where there are no hard links, openers make it in
+    place, waiting for each other (see ``_use_wal`` and ``_upgrade``).
+    """
+    draft = path.with_name(f".{path.name}.{secrets.token_hex(6)}.new")
+    try:
+        db = _connect(draft)
+        try:
+            _upgrade(db)
+            # last, so that every table is in the main file and the -wal the
+            # switch makes is empty and goes away with the connection
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+        # OSError: another process linked its store first (open that one), or
+        # this filesystem has no hard links (make the store in place)
+        with contextlib.suppress(OSError):
+            os.link(draft, path)
+    finally:
+        draft.unlink(missing_ok=True)
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Put the store in WAL mode (a no-op for every store this module created).
+
+    The switch needs the database to itself, and SQLite does not wait for that
+    as it waits for a write lock: it fails at once while another process has the
+    store open. So an opener retries until the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(random.uniform(0.005, 0.05))  # at random, so that one opener gets through
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return "database is locked" in str(exc)  # SQLITE_BUSY; its code is not exposed before 3.11
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _is_current(db: sqlite3.Connection) -> bool:
+    """Whether the store has this version's layout: every table, column and index."""
+    if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+        return False
+    for name, table in TABLES.items():
+        if not {c.name for c in table.columns} <= _columns(db, name):
+            return False
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    return set(INDEXES) <= indexes
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Create what the store lacks of this version's layout, in one write transaction.
+
+    BEGIN IMMEDIATE takes the write lock first, waiting (busy timeout) for
+    another upgrader; what is missing is decided inside the transaction, so the
+    next opener finds the work done instead of failing on a duplicate column.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name, table in TABLES.items():
+            have = _columns(db, name)
+            if not have:
+                db.execute(table.create(name))
+                continue
+            for column in table.columns:
+                if column.name not in have:
+                    for statement in column.added(name):
+                        db.execute(statement)
+        for sql in INDEXES.values():
+            db.execute(sql)
+        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+            db.execute("ROLLBACK")
+        raise
 
 
 class Store:
@@ -98,39 +322,18 @@ class Store:
 
         ``read_only`` opens without creating or upgrading anything, so analysing a
         shipped or downloaded store never changes it (raw data is never modified).
+        Otherwise the store is created, or brought to this version's layout, by
+        whichever process comes first; others opening it meanwhile wait for that
+        (up to ``BUSY_TIMEOUT_S``), then go on.
 
         Raises:
-            UsageError: the file cannot be opened or is not a store.
+            UsageError: the file cannot be opened or is not a store; or, for
+                writing, it is on a network filesystem.
         """
         self.path = Path(path)
         self.read_only = read_only
         try:
-            if read_only:
-                if not self.path.is_file():
-                    raise UsageError(f"no results store at {self.path}", hint="pass --store")
-                # nobody writes a store without a -wal file: open it immutable so that
-                # reading leaves no -wal/-shm beside it; a live store is read as it is
-                live = Path(f"{self.path}-wal").exists()
-                mode = "mode=ro" if live else "immutable=1"
-                self._db = sqlite3.connect(
-                    f"{self.path.resolve().as_uri()}?{mode}",
-                    uri=True,
-                    timeout=30,
-                    isolation_level=None,
-                )
-                self._db.row_factory = sqlite3.Row
-                self._db.execute("SELECT 1 FROM trials LIMIT 1")
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            new = not self.path.exists() or self.path.stat().st_size == 0
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._add_missing_columns()
-            if new:
-                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._db = self._open_read_only() if read_only else self._open_for_writing()
         except sqlite3.DatabaseError as exc:
             raise UsageError(
                 f"cannot open results store {self.path}: {exc}",
@@ -142,37 +345,42 @@ class Store:
                 hint="check that data/ is writable",
             ) from exc
 
-    def _add_missing_columns(self) -> None:
-        """Stores written by an older version gain the newer columns (as NULL).
-
-        Two runs may open the same old store at once: the check and the upgrade
-        happen in one write transaction, so the second run sees the first's
-        columns instead of failing on a duplicate one.
-        """
-        if not self._missing_columns():
-            return
-        self._db.execute("BEGIN IMMEDIATE")  # waits (busy timeout) for the other writer
+    def _open_read_only(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise UsageError(f"no results store at {self.path}", hint="pass --store")
+        # nobody writes a store without a -wal file: open it immutable so that
+        # reading leaves no -wal/-shm beside it; a live store is read as it is
+        live = Path(f"{self.path}-wal").exists()
+        mode = "mode=ro" if live else "immutable=1"
+        db = sqlite3.connect(
+            f"{self.path.resolve().as_uri()}?{mode}",
+            uri=True,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+        )
+        db.row_factory = sqlite3.Row
         try:
-            for column in self._missing_columns():
-                sql_type = _SQL_TYPES.get(column, "TEXT").replace(" NOT NULL", "")
-                self._db.execute(f"ALTER TABLE trials ADD COLUMN {column} {sql_type}")
-            self._db.execute("COMMIT")
+            db.execute("SELECT 1 FROM trials LIMIT 1")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.close()
             raise
+        return db
 
-    def _missing_columns(self) -> list[str]:
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(trials)")}
-        return [c for c in TRIAL_COLUMNS if c not in have]
-
-    def _upgrade_runs(self) -> None:
-        """Give an older store the runs columns of this version, before writing them."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-        for column, sql_type in RUN_COLUMNS_ADDED.items():
-            if column not in have:
-                self._db.execute(f"ALTER TABLE runs ADD COLUMN {column} {sql_type}")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    def _open_for_writing(self) -> sqlite3.Connection:
+        _refuse_network_filesystem(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            _create(self.path)
+        db = _connect(self.path)
+        try:
+            _use_wal(db)
+            db.execute("PRAGMA synchronous=FULL")
+            if not _is_current(db):
+                _upgrade(db)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         self._db.close()
@@ -182,6 +390,32 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # writing rows -------------------------------------------------------
+    def _insert(
+        self, table: str, row: dict[str, Any], what: str, *, or_ignore: bool = False
+    ) -> None:
+        """Commit one row: the one way ``append`` and ``record_batch`` write.
+
+        Raises:
+            sqlite3.IntegrityError: the row's key is taken (not with
+                ``or_ignore``); what that means is for the caller to say.
+            InfraError: the store cannot be written (disk full, read-only, locked).
+        """
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        verb = "INSERT OR IGNORE" if or_ignore else "INSERT"
+        try:
+            self._db.execute(
+                f"{verb} INTO {table} ({columns}) VALUES ({marks})", tuple(row.values())
+            )
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.Error as exc:
+            raise InfraError(
+                f"cannot record {what} in {self.path}: {exc}",
+                hint="free space or make data/ writable; recorded trials are safe, resume to finish",
+            ) from exc
 
     # runs ---------------------------------------------------------------
     def start_run(
@@ -206,7 +440,6 @@ class Store:
 
     def tag_run(self, run_id: str, *, shard: str | None, plan_digest: str | None) -> None:
         """Mark a sweep cell's run with its shard and plan, so a merge can check both."""
-        self._upgrade_runs()
         self._db.execute(
             "UPDATE runs SET shard = ?, plan_digest = ? WHERE run_id = ?",
             (shard, plan_digest, run_id),
@@ -252,17 +485,7 @@ class Store:
         first record of a run stands, so a resumed run keeps what its export held."""
         row = facts.to_row()
         row["recorded_at"] = utcnow()
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        try:
-            self._db.execute(
-                f"INSERT OR IGNORE INTO batches ({columns}) VALUES ({marks})", tuple(row.values())
-            )
-        except sqlite3.Error as exc:
-            raise InfraError(
-                f"cannot record the cache facts of {facts.run_id} in {self.path}: {exc}",
-                hint="free space or make data/ writable",
-            ) from exc
+        self._insert("batches", row, f"the cache facts of {facts.run_id}", or_ignore=True)
 
     def batch(self, run_id: str) -> Any:
         from .forensics import CacheFacts
@@ -288,20 +511,7 @@ class Store:
         Raises:
             InfraError: the store cannot be written (disk full, read-only, locked).
         """
-        row = record.to_row()
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        try:
-            self._db.execute(
-                f"INSERT INTO trials ({columns}) VALUES ({marks})", tuple(row.values())
-            )
-        except sqlite3.IntegrityError:
-            raise
-        except sqlite3.Error as exc:
-            raise InfraError(
-                f"cannot record trial {record.trial} of {record.run_id} in {self.path}: {exc}",
-                hint="free space or make data/ writable; recorded trials are safe, resume to finish",
-            ) from exc
+        self._insert("trials", record.to_row(), f"trial {record.trial} of {record.run_id}")
 
     def append_once(self, record: TrialRecord) -> bool:
         """Commit one trial unless its ``(run_id, trial)`` is already recorded.

@@ -1,24 +1,31 @@
 """One store, several writers at once: two batches and a report, none locked out.
 
 Users run a second batch (or a report) while one is going, on the same
-``data/raw/trials.sqlite``. The store is in WAL mode with a busy timeout, and an
-old store is upgraded by whichever run gets there first.
+``data/raw/trials.sqlite``. The store is in WAL mode with a busy timeout, a new
+store appears complete, and an old store is upgraded by whichever run gets
+there first while the others wait. (Many processes at once: test_store_stress.)
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import sqlite3
 import subprocess
 import threading
 import time
 
 import pandas as pd
+import pytest
 
 from repro_lib import lab
-from repro_lib.store import Store
+from repro_lib import store as store_module
+from repro_lib.errors import UsageError
+from repro_lib.store import TABLES, Column, Store, Table, filesystem_type
 
 from .conftest import ENGINE_ARGS, repro_lib_cmd
+from .factories import make_record
 
 NEW_COLUMN = "security"
 
@@ -54,6 +61,123 @@ def test_an_old_store_upgraded_by_two_openers_at_once(tmp_path):
     assert not errors, errors
     with Store(path) as store:
         assert NEW_COLUMN in store.dataframe().columns
+
+
+def test_an_opener_waits_while_another_process_writes_a_store_not_yet_in_wal(tmp_path):
+    """Switching to WAL needs the file to itself; while another process holds the
+    write lock (e.g. its own switch), SQLite fails at once instead of waiting."""
+    path = tmp_path / "made-beforehand.sqlite"
+    path.touch()  # an empty file: the store is made in place
+    ctx = multiprocessing.get_context("fork")
+    go, result = ctx.Event(), ctx.Queue()
+
+    def opener() -> None:
+        go.wait(timeout=30)
+        began = time.monotonic()
+        try:
+            Store(path).close()
+            result.put((time.monotonic() - began, ""))
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            result.put((time.monotonic() - began, f"{type(exc).__name__}: {exc}"))
+
+    # forked before this process opens the file: SQLite's locks must not cross a fork
+    process = ctx.Process(target=opener)
+    process.start()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    go.set()
+    time.sleep(0.5)
+    writer.execute("COMMIT")
+    writer.close()
+    took, error = result.get(timeout=40)
+    process.join(timeout=10)
+    assert error == ""
+    assert took >= 0.4  # it waited for the writer instead of failing
+    with Store(path) as store:
+        store.append(make_record(1))
+        assert len(store.dataframe()) == 1
+
+
+def test_a_new_store_appears_complete(tmp_path):
+    path = tmp_path / "new.sqlite"
+    Store(path).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.sqlite"]  # no draft left
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == set(
+        TABLES
+    )
+    db.close()
+
+
+def test_without_hard_links_a_store_is_made_in_place(tmp_path, monkeypatch):
+    def no_links(*_: object) -> None:
+        raise PermissionError(1, "Operation not permitted")  # e.g. FAT, some FUSE
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "in-place.sqlite"
+    with Store(path) as store:
+        store.append(make_record(1))
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [
+        "in-place.sqlite"
+    ]
+    with Store(path, read_only=True) as store:
+        assert len(store.dataframe()) == 1
+
+
+def test_an_added_column_is_filled_in_older_rows(tmp_path, monkeypatch):
+    """The upgrade of a column is declared with it: here, derived from another column."""
+    path = tmp_path / "old.sqlite"
+    with Store(path) as store:
+        store.append(make_record(1, reset_index=3))
+    trials = TABLES["trials"]
+    next_index = Column("next_index", "INTEGER", backfill="reset_index + 1")
+    monkeypatch.setitem(TABLES, "trials", Table((*trials.columns, next_index), trials.constraints))
+    with Store(path) as store:
+        assert store.dataframe()["next_index"].tolist() == [4]
+
+
+def _mounts(tmp_path, monkeypatch, *lines: str) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text("".join(f"{line}\n" for line in lines))
+    monkeypatch.setattr(store_module, "MOUNTS", mounts)
+
+
+def test_the_filesystem_of_a_path_is_its_nearest_mount(tmp_path, monkeypatch):
+    _mounts(
+        tmp_path,
+        monkeypatch,
+        "/dev/vda / ext4 rw 0 0",
+        "server:/export /mnt/my\\040share nfs4 rw 0 0",  # a space in the mount point
+        "tmpfs /mnt/my\\040share/scratch tmpfs rw 0 0",
+        "server:/other /mnt/over nfs rw 0 0",
+        "/dev/vdb /mnt/over ext4 rw 0 0",  # mounted later on the same point: hides the nfs
+    )
+    assert filesystem_type("/mnt/my share/data/s.sqlite") == "nfs4"
+    assert filesystem_type("/mnt/my share/scratch/s.sqlite") == "tmpfs"
+    assert filesystem_type("/mnt/my sharepoint/s.sqlite") == "ext4"
+    assert filesystem_type("/mnt/over/s.sqlite") == "ext4"
+    monkeypatch.setattr(store_module, "MOUNTS", tmp_path / "absent")
+    assert filesystem_type("/mnt/over/s.sqlite") is None  # not Linux: nothing to tell
+
+
+def test_a_store_on_nfs_is_refused_for_writing_and_read_as_it_is(tmp_path, monkeypatch):
+    shipped = tmp_path / "nfs/shipped.sqlite"
+    with Store(shipped) as store:
+        store.append(make_record(1))
+    _mounts(
+        tmp_path, monkeypatch, "/dev/vda / ext4 rw 0 0", f"server:/x {tmp_path}/nfs nfs4 rw 0 0"
+    )
+    with pytest.raises(UsageError) as refused:
+        Store(tmp_path / "nfs/new/trials.sqlite")
+    line = refused.value.one_line()
+    assert "network filesystem (nfs4)" in line and "--store on a local disk" in line
+    assert "\n" not in line
+    assert not (tmp_path / "nfs/new").exists()  # nothing made there
+    with pytest.raises(UsageError):
+        Store(shipped)
+    with Store(shipped, read_only=True) as store:  # analysing a store kept on NFS is fine
+        assert len(store.dataframe()) == 1
 
 
 def test_two_batches_and_a_report_on_one_store(docker_client, fixture_images, docker_cli, lab_home):
