@@ -196,7 +196,9 @@ def test_engine_sweep_runs_on_both_hosts_and_records_every_trial_once(cluster, t
     for c in cells:
         assert c["failures"] == 1 and c["tries"] == 3
         line = next(ln for ln in text.splitlines() if f"`{c['cell']}`" in ln)
-        assert re.search(r"\|\s*3\s*\|\s*1\s*\|", line), line
+        # tries | reset cycles (3 tries at reset every K) | failures
+        cycles = -(-3 // int(re.search(r"reset=(\d+)", c["cell"]).group(1)))
+        assert re.search(rf"\|\s*3\s*\|\s*{cycles}\s*\|\s*1\s*\|", line), line
     hosts_line = next(ln for ln in text.splitlines() if ln.startswith("| Docker hosts"))
     assert "host-a (" in hosts_line and "host-b (" in hosts_line
     for host in cluster.hosts.values():
