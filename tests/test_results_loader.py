@@ -196,9 +196,9 @@ def _kind(series: pd.Series) -> str:
         return f"datetime[{getattr(dtype, 'tz', None)}]"
     if isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype).startswith("list"):
         return "list"
-    if dtype == object and all(isinstance(v, list) for v in series):
+    if pd.api.types.is_object_dtype(dtype) and all(isinstance(v, list) for v in series):
         return "list" if len(series) else "text-or-list"
-    if pd.api.types.is_string_dtype(dtype) or dtype == object:
+    if pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype):
         return "text-or-list" if not len(series) else "text"
     return str(dtype)
 
