@@ -22,7 +22,14 @@ import pandas as pd
 
 from . import plots, stats
 from .config import Paths
-from .results import derive, filter_results, load_results, raw_rows, version_key
+from .results import (
+    ANALYSIS_COLUMNS,
+    derive,
+    filter_results,
+    load_results,
+    version_key,
+    write_trials,
+)
 from .stats import (
     batch_heterogeneity,
     batch_rate,
@@ -124,7 +131,7 @@ def _write(
             df = derive(df)
         df = filter_results(df, sweep=sweep, run=run).reset_index(drop=True)
     else:
-        df = load_results(store_or_df, sweep=sweep, run=run)
+        df = load_results(store_or_df, sweep=sweep, run=run, columns=ANALYSIS_COLUMNS)
         if isinstance(store_or_df, Store):
             runs, source = _runs(store_or_df, df, sweep, run), f"`{store_or_df.path.name}`"
             batches = _batches(store_or_df, df)
@@ -138,7 +145,9 @@ def _write(
         command = default_command(runs)
     source = label or source
 
-    raw_rows(df).to_csv(out / "trials.csv", index=False)
+    write_trials(
+        df if isinstance(store_or_df, pd.DataFrame) else store_or_df, out, sweep=sweep, run=run
+    )
     text = _render(df, out, sweep=sweep, run=run, command=command, runs=runs, source=source)
     text = text.rstrip("\n") + "\n" + "\n".join(_what_was_lost(df, batches, run_dirs)) + "\n"
     report = out / "report.md"

@@ -115,6 +115,10 @@ DERIVE_INPUTS = (
     "reset_freq",
     "mode",
 )
+#: stored columns no analysis reads (per-try JSON blobs and paths): a report leaves them
+#: out of memory (they are a third of it) and writes them only to the trials file
+UNANALYSED_COLUMNS = ("phases", "security", "log_path", "layer_digests", "lost_digests", "missing")
+ANALYSIS_COLUMNS: tuple[str, ...] = tuple(c for c in TRIAL_COLUMNS if c not in UNANALYSED_COLUMNS)
 _ORDER = ("started_at", "run_id", "trial")  # the order trials are returned in
 _BATCH_ROWS = 65_536  # rows per Arrow batch the driver returns
 _STR = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' default ``str``
