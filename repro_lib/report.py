@@ -72,6 +72,8 @@ def write_report(
     sweep: str | None = None,
     run: str | None = None,
     command: str | None = None,
+    github: bool = False,
+    evidence: int = 3,
 ) -> Path:
     """Write ``report.md``, its PNG figures and ``trials.csv`` into ``out_dir``.
 
@@ -90,6 +92,11 @@ def write_report(
     command : str, optional
         The command that reproduces the data; by default derived from the
         stored runs' parameters (see ``default_command``).
+    github : bool, default False
+        Also write ``comment.md`` (one GitHub issue comment, at most 65,536
+        characters) and ``findings.zip`` beside the report; see ``repro_lib.comment``.
+    evidence : int, default 3
+        With ``github``: the most failure evidence bundles put in ``findings.zip``.
 
     Returns
     -------
@@ -106,8 +113,17 @@ def write_report(
 
         label = ", ".join(f"`{Path(p).name}`" for p in store_or_df)
         with merged_view(store_or_df) as merged:
-            return _write(merged, out_dir, sweep, run, command, label=f"the merged stores {label}")
-    return _write(store_or_df, out_dir, sweep, run, command)
+            return _write(
+                merged,
+                out_dir,
+                sweep,
+                run,
+                command,
+                label=f"the merged stores {label}",
+                github=github,
+                evidence=evidence,
+            )
+    return _write(store_or_df, out_dir, sweep, run, command, github=github, evidence=evidence)
 
 
 def _write(
@@ -118,6 +134,8 @@ def _write(
     command: str | None,
     *,
     label: str | None = None,
+    github: bool = False,
+    evidence: int = 3,
 ) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,13 +163,20 @@ def _write(
         command = default_command(runs)
     source = label or source
 
-    write_trials(
+    trials = write_trials(
         df if isinstance(store_or_df, pd.DataFrame) else store_or_df, out, sweep=sweep, run=run
     )
     text = _render(df, out, sweep=sweep, run=run, command=command, runs=runs, source=source)
     text = text.rstrip("\n") + "\n" + "\n".join(_what_was_lost(df, batches, run_dirs)) + "\n"
     report = out / "report.md"
     report.write_text(text, encoding="utf-8")
+    if github:
+        from .comment import write_github
+
+        scope = (
+            f"sweep `{sweep}`" if sweep else f"run `{run}`" if run else f"all trials in {source}"
+        )
+        write_github(out, df, scope=scope, trials_file=trials, runs_dir=run_dirs, evidence=evidence)
     return report
 
 
