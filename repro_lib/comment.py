@@ -317,6 +317,7 @@ def _charts(df: pd.DataFrame, versions: pd.DataFrame) -> list[str]:
                 [("bar", [100 * v for v in shown["rate"]])],
                 y_label="rate (%)",
                 y_max=100 * float(shown["ci_high"].max()),
+                horizontal=True,
             ),
             "",
         ]
@@ -378,14 +379,16 @@ def xychart(
     y_label: str,
     y_max: float,
     x_label: str | None = None,
+    horizontal: bool = False,
 ) -> str:
-    """A fenced Mermaid ``xychart-beta`` block: categories on x, ``bar``/``line`` series."""
+    """A fenced Mermaid ``xychart-beta`` block: categories on x, ``bar``/``line`` series
+    (``horizontal``: categories down the side, where long labels stay readable)."""
     top = _nice_ceiling(y_max)
     x_axis = ", ".join(f'"{c}"' for c in categories)
     x_title = f'"{_plain(x_label)}" ' if x_label else ""
     lines = [
         "```mermaid",
-        "xychart-beta",
+        "xychart-beta horizontal" if horizontal else "xychart-beta",
         f'    title "{_plain(title)}"',
         f"    x-axis {x_title}[{x_axis}]",
         f'    y-axis "{_plain(y_label)}" 0 --> {top:g}',
