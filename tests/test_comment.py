@@ -221,3 +221,21 @@ def test_mermaid_blocks_render_in_a_browser(big_report, tmp_path):
         assert "<svg" in result["svg"] and "Syntax error" not in result["svg"]
         bars = block.count("bar [")
         assert result["svg"].count("<rect") >= bars  # the bars were drawn
+
+
+def test_report_cli_github_writes_both_files(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from repro_lib.cli import main
+
+    monkeypatch.setenv("REPRO_LIB_HOME", str(tmp_path))
+    out = tmp_path / "out"
+    sample = ROOT / "data/raw/sample/trials.sqlite"
+    result = CliRunner().invoke(
+        main, ["report", "--store", str(sample), "--out", str(out), "--github", "--evidence", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == [
+        str(out / n) for n in ("report.md", "comment.md", "findings.zip")
+    ]
+    assert "### Verdict per version" in (out / "comment.md").read_text(encoding="utf-8")
