@@ -71,11 +71,14 @@ import pandas, matplotlib.figure, statsmodels.api
 {imports}
 import repro_lib
 assert repro_lib.__file__.startswith(sys.argv[6]), repro_lib.__file__
-start = time.perf_counter()
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+start, cpu_start = time.perf_counter(), cpu()
 {code}
-seconds = time.perf_counter() - start
+seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({{"seconds": seconds, "peak_bytes": peak}}))
+print(json.dumps({{"seconds": seconds, "cpu_seconds": cpu_seconds, "peak_bytes": peak}}))
 """
 
 
@@ -87,7 +90,8 @@ class Measurement:
     trials: int
     step: str
     code: str  # "this" or the --against revision
-    seconds: float
+    seconds: float  # wall time
+    cpu_seconds: float  # user + system time of the process: what a busy machine does not inflate
     peak_bytes: int
 
 
@@ -237,8 +241,10 @@ def code_at(ref: str | None, repo: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_step(step: str, code_root: Path, stores: SyntheticStores, sweep: str) -> tuple[float, int]:
-    """Run one step in a fresh interpreter; (seconds, peak RSS in bytes)."""
+def run_step(
+    step: str, code_root: Path, stores: SyntheticStores, sweep: str
+) -> tuple[float, float, int]:
+    """Run one step in a fresh interpreter; (wall seconds, CPU seconds, peak RSS in bytes)."""
     imports, code = _STEP_CODE[step]
     child = _CHILD.format(imports=imports, code=code)
     with tempfile.TemporaryDirectory(prefix="bench-analysis-out-") as out:
@@ -264,7 +270,7 @@ def run_step(step: str, code_root: Path, stores: SyntheticStores, sweep: str) ->
     if done.returncode != 0:
         raise RuntimeError(f"{step} failed:\n{done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return result["seconds"], int(result["peak_bytes"])
+    return result["seconds"], result["cpu_seconds"], int(result["peak_bytes"])
 
 
 def measure(
@@ -294,26 +300,32 @@ def measure(
                         step,
                         ref or "this",
                         statistics.median(r[0] for r in runs),
-                        int(statistics.median(r[1] for r in runs)),
+                        statistics.median(r[1] for r in runs),
+                        int(statistics.median(r[2] for r in runs)),
                     )
                     results.append(m)
                     print(
                         f"{size:>5} {step:<15} {m.code:<10} {m.seconds:8.2f} s "
-                        f"{m.peak_bytes / 2**20:8.0f} MiB",
+                        f"(CPU {m.cpu_seconds:.2f} s) {m.peak_bytes / 2**20:8.0f} MiB",
                         file=sys.stderr,
                     )
     return results
 
 
 def table(results: Sequence[Measurement], against: str | None) -> str:
-    """A Markdown table: one row per size and step, with the ratio to ``against``."""
-    head = ["size (trials)", "step", "time", "peak RSS"]
+    """A Markdown table: one row per size and step, with the ratios to ``against``."""
+    head = ["size (trials)", "step", "time", "CPU time", "peak RSS"]
     if against:
         head += [f"time at `{against}`", f"peak RSS at `{against}`", "speed-up", "memory ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
-    ours = [m for m in results if m.code == "this"]
-    for m in ours:
-        row = [f"{m.size} ({m.trials:,})", f"`{m.step}`", f"{m.seconds:.2f} s", _mib(m.peak_bytes)]
+    for m in (m for m in results if m.code == "this"):
+        row = [
+            f"{m.size} ({m.trials:,})",
+            f"`{m.step}`",
+            f"{m.seconds:.2f} s",
+            f"{m.cpu_seconds:.2f} s",
+            _mib(m.peak_bytes),
+        ]
         if against:
             old = next(
                 (o for o in results if o.code == against and (o.size, o.step) == (m.size, m.step)),

@@ -28,9 +28,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from repro_lib import results
 from repro_lib.config import Paths
 from repro_lib.records import TRIAL_COLUMNS, Outcome
-from repro_lib import results
 from repro_lib.results import load_results
 from repro_lib.store import Store
 
