@@ -34,8 +34,10 @@ The rows come out of SQLite as Arrow columns (the ADBC SQLite driver), in
 ``started_at, run_id, trial`` order (SQLite sorts the keys, not whole rows). A
 typed first row fixes each column's type for the driver, so a column whose
 first rows are NULL reads as its type; a store holding a stray value of another
-type is read again with every value cast in SQL. String columns are Arrow-backed pandas strings (``str``); integer columns
-nullable ``Int64``; the four list columns (``missing``, ``layer_digests``,
+type is read again with every value cast in SQL. String columns are pandas ``str``: Arrow-backed for those analyses group
+and filter by, and for descriptive ones with few distinct values (``image``,
+``detail``, ``security``, …) one Python string per distinct value shared by its
+rows, a tenth of the memory; integer columns nullable ``Int64``; the four list columns (``missing``, ``layer_digests``,
 ``lost_steps``, ``lost_digests``) Arrow lists of strings, whose values read
 back as Python lists. Derived columns are computed once per distinct value
 (a store has a few dozen cells and versions, not a million) and spread back.
@@ -135,8 +137,32 @@ UNANALYSED_COLUMNS = (
 )
 ANALYSIS_COLUMNS: tuple[str, ...] = tuple(c for c in TRIAL_COLUMNS if c not in UNANALYSED_COLUMNS)
 _ORDER = ("started_at", "run_id", "trial")  # the order trials are returned in
-_BATCH_ROWS = 65_536  # rows per Arrow batch the driver returns
+_BATCH_ROWS = 8192  # rows per Arrow batch the driver returns
 _STR = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' default ``str``
+_SHARED_STR = pd.StringDtype("python", na_value=np.nan)  # ``str`` too, held as Python strings
+#: descriptive text columns with few distinct values that no analysis groups or filters a
+#: million rows by: held as shared Python strings (see ``_Fetched``); the columns
+#: analyses group by stay Arrow strings, whose comparisons and factorising are several
+#: times faster
+_SHARED_TEXT = frozenset(
+    {
+        "image",
+        "cache_image",
+        "scenario",
+        "engine_version",
+        "kernel",
+        "package_version",
+        "detail",
+        "log_path",
+        "buildkit_version",
+        "security",
+        "lost_reference",
+        "evidence_path",
+        "buildctl_via",
+        "cache_facts",
+        "cache_manifest_digest",
+    }
+)
 _TO_PANDAS = {pa.string(): _STR, pa.large_string(): _STR, pa.int64(): pd.Int64Dtype()}.get
 
 
@@ -486,48 +512,101 @@ class _TrialsQuery:
 
         self._read(write, lambda typed: self.sql(columns, selection, typed=typed))
 
-    def table(
+    def fetch(
         self, columns: Sequence[str], selection: Selection, *, include_no_cache: bool = True
-    ) -> pa.Table:
-        """The selected trials as one Arrow table, in ``started_at, run_id, trial`` order."""
+    ) -> _Fetched:
+        """The selected trials, in ``started_at, run_id, trial`` order."""
 
-        def fetch(sql: str, args: list[Any]) -> pa.Table:
+        def fetch(sql: str, args: list[Any]) -> _Fetched:
+            fetched = _Fetched()
             with self._cursor() as cur:
                 cur.execute(sql, args or None)
-                return cur.fetch_arrow_table()
+                for batch in cur.fetch_record_batch():
+                    fetched.add(batch)
+            return fetched.done()
 
         def query(sort: str) -> Callable[[bool], tuple[str, list[Any]]]:
             return lambda typed: self.sql(
                 columns, selection, include_no_cache=include_no_cache, typed=typed, sort=sort
             )
 
-        table = self._read(fetch, query("keys"))
-        if table.column("_first")[0].as_py() == 0:
-            table = table.slice(1).drop_columns(["_first"])
-            if _in_order(table):
-                return table
-        del table  # SQLite chose another plan: have it sort the whole rows
-        table = self._read(fetch, query("rows"))
-        return table.slice(1).drop_columns(["_first"])
+        fetched = self._read(fetch, query("keys"))
+        if fetched.first_in_place and _in_order(fetched.arrow):
+            return fetched
+        del fetched  # SQLite chose another plan: have it sort the whole rows
+        return self._read(fetch, query("rows"))
 
     def frame(
         self, columns: Sequence[str], selection: Selection, *, include_no_cache: bool = True
     ) -> pd.DataFrame:
         """The selected trials as a raw frame: stored types, no derived columns."""
-        table = self.table(columns, selection, include_no_cache=include_no_cache)
-        batch_ints = [
-            c
-            for c in table.column_names
-            if c in BATCH_COLUMNS.values() and self._kind(c) == "integer"
-        ]
-        # the batch counts keep pandas' plain types (int64, or float64 when a run has none)
-        out = table.drop_columns(batch_ints).to_pandas(types_mapper=_TO_PANDAS)
-        for column in batch_ints:
-            out[column] = table.column(column).to_pandas()
+        fetched = self.fetch(columns, selection, include_no_cache=include_no_cache)
+        table, fetched.arrow, out = fetched.arrow, pa.table({}), {}
+        for name in fetched.names:
+            if name in fetched.shared:
+                out[name] = pd.array(fetched.shared.pop(name), dtype=_SHARED_STR)
+                continue
+            column = table.column(name)
+            if name in BATCH_COLUMNS.values() and self._kind(name) == "integer":
+                # the batch counts keep pandas' plain types (int64, float64 when a run has none)
+                out[name] = column.to_pandas()
+            else:
+                out[name] = column.to_pandas(types_mapper=_TO_PANDAS)
+            table = table.drop_columns([name])  # each Arrow column goes once converted
+        frame = pd.DataFrame(out, columns=list(out), copy=False)
         for column in _BOOL_COLUMNS:
-            if column in out.columns:
-                out[column] = out[column].astype("boolean")
-        return out[list(table.column_names)]
+            if column in frame.columns:
+                frame[column] = frame[column].astype("boolean")
+        return frame
+
+
+class _Fetched:
+    """Batches as the driver hands them over, each copied into memory of our own at once.
+
+    The driver's buffers live as long as any column of their batch does, so nothing of
+    theirs is kept: descriptive text (``_SHARED_TEXT``) becomes one Python string per
+    distinct value, shared by its rows and between batches; every other column is copied
+    into Arrow memory that each column owns (strings as ``large_string``, as pandas keeps
+    them). The typed first row is dropped at the end.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._batches: list[pa.RecordBatch] = []
+        self._objects: dict[str, list[np.ndarray]] = {}
+        self._interned: dict[str, str] = {}
+        self.arrow = pa.table({})
+        self.shared: dict[str, np.ndarray] = {}
+        self.first_in_place = False
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if not self.names:
+            self.names = [n for n in batch.schema.names if n != "_first"]
+        kept, names = [], []
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            if name in _SHARED_TEXT:
+                self._objects.setdefault(name, []).append(self._python_strings(column))
+                continue
+            if pa.types.is_string(column.type):
+                column = column.cast(pa.large_string())
+            kept.append(pa.concat_arrays([column]))  # a copy
+            names.append(name)
+        self._batches.append(pa.RecordBatch.from_arrays(kept, names=names))
+
+    def _python_strings(self, column: pa.Array) -> np.ndarray:
+        distinct = pc.unique(column).drop_null()
+        values = [self._interned.setdefault(v, v) for v in distinct.to_pylist()]
+        lookup = np.array([*values, np.nan], dtype=object)
+        return lookup[pc.index_in(column, value_set=distinct).fill_null(len(values)).to_numpy()]
+
+    def done(self) -> _Fetched:
+        table = pa.Table.from_batches(self._batches) if self._batches else pa.table({})
+        self._batches = []
+        self.first_in_place = table.num_rows > 0 and table.column("_first")[0].as_py() == 0
+        self.arrow = table.slice(1).drop_columns(["_first"]) if table.num_rows else table
+        self.shared = {name: np.concatenate(parts)[1:] for name, parts in self._objects.items()}
+        self._objects = {}
+        return self
 
 
 def _in_order(table: pa.Table) -> bool:
@@ -535,7 +614,8 @@ def _in_order(table: pa.Table) -> bool:
     keys: list[Any] = []
     for name in (k for k in _ORDER if k in table.column_names):
         column = table.column(name)
-        keys += [column.is_valid(), column.fill_null("" if pa.types.is_string(column.type) else 0)]
+        text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        keys += [column.is_valid(), column.fill_null("" if text else 0)]
     if table.num_rows < 2 or not keys:
         return True
     in_order = None  # row i <= row i+1 on the keys seen so far (from the last key back)
@@ -571,12 +651,12 @@ def derive(raw: pd.DataFrame) -> pd.DataFrame:
     and makes the integer columns nullable integers. Stored columns the frame
     lacks are added, empty.
     """
-    return _derive(raw, complete=True)
+    return _derive(raw.copy(deep=False), complete=True)  # the caller's frame is not changed
 
 
-def _derive(raw: pd.DataFrame, *, complete: bool) -> pd.DataFrame:
-    """``derive``; with ``complete=False`` stored columns absent from ``raw`` stay absent."""
-    df = raw.copy(deep=False)  # copy-on-write: the caller's frame is never changed
+def _derive(df: pd.DataFrame, *, complete: bool) -> pd.DataFrame:
+    """``derive`` in place (a replaced column is freed at once); with ``complete=False``
+    stored columns absent from ``df`` stay absent."""
     if complete:
         for column in TRIAL_COLUMNS:
             if column not in df.columns:
