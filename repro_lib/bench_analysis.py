@@ -10,7 +10,11 @@ own. Each step runs in a fresh Python process that reports its wall time and
 peak resident memory (``ru_maxrss``), so one step's memory never counts for
 the next. With ``--against REF`` every step also runs on the code of a git
 revision (exported with ``git archive`` into a temporary directory), in the
-same session on the same stores, and the table shows the ratio.
+same session on the same stores, and the table shows the ratio; that
+revision runs without the packages its ``pyproject.toml`` does not ask for
+(pyarrow and the ADBC driver, for revisions before this benchmark), as it ran
+when it was current. Wall times on a busy machine grow with the load; the
+CPU time beside them does not.
 
 Steps: ``load_results`` of the whole store; ``report`` of the whole store;
 ``report --sweep`` (the largest sweep); ``merge`` of the store's two halves
@@ -66,6 +70,17 @@ _STEP_CODE = {
 _CHILD = """
 import json, resource, sys, time
 STORE, OUT, SWEEP, HALF_A, HALF_B = sys.argv[1:6]  # argv[6]: the code's directory
+HIDDEN = set(sys.argv[7].split(",")) - {{""}}  # packages this code ran without
+
+
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            raise ModuleNotFoundError(f"{{name}} is hidden", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Hide())
 import matplotlib
 matplotlib.use("Agg")
 {imports}
@@ -222,6 +237,26 @@ def largest_sweep(store: Path) -> str:
 
 
 # running steps ------------------------------------------------------------------
+#: packages this change brought in: a revision whose pyproject.toml does not ask for them
+#: runs without them, as it did when it was current (with pyarrow merely installed, pandas
+#: holds every string column in Arrow, and the per-row code of older revisions slows down
+#: many times over)
+NEW_PACKAGES = ("pyarrow", "adbc_driver_manager", "adbc_driver_sqlite")
+
+
+def hidden_for(ref: str | None, repo: Path) -> tuple[str, ...]:
+    """The packages to hide from ``ref``'s code: those its pyproject.toml does not name."""
+    if ref is None:
+        return ()
+    pyproject = subprocess.run(
+        ["git", "-C", str(repo), "show", f"{ref}:pyproject.toml"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return tuple(p for p in NEW_PACKAGES if p.split("_")[0] not in pyproject.replace("-", "_"))
+
+
 @contextlib.contextmanager
 def code_at(ref: str | None, repo: Path) -> Iterator[Path]:
     """The project's code at ``ref`` (None: this checkout), for ``PYTHONPATH``."""
@@ -242,7 +277,7 @@ def code_at(ref: str | None, repo: Path) -> Iterator[Path]:
 
 
 def run_step(
-    step: str, code_root: Path, stores: SyntheticStores, sweep: str
+    step: str, code_root: Path, stores: SyntheticStores, sweep: str, hidden: Sequence[str] = ()
 ) -> tuple[float, float, int]:
     """Run one step in a fresh interpreter; (wall seconds, CPU seconds, peak RSS in bytes)."""
     imports, code = _STEP_CODE[step]
@@ -261,6 +296,7 @@ def run_step(
                 str(stores.half_a),
                 str(stores.half_b),
                 str(code_root),
+                ",".join(hidden),
             ],
             capture_output=True,
             text=True,
@@ -288,12 +324,16 @@ def measure(
     codes: list[str | None] = [None] + ([against] if against else [])
     with contextlib.ExitStack() as stack:
         roots = {ref: stack.enter_context(code_at(ref, repo)) for ref in codes}
+        hidden = {ref: hidden_for(ref, repo) for ref in codes}
         for size in sizes:
             stores = synthetic_stores(source, size, workdir)
             sweep = largest_sweep(stores.whole)
             for step in steps:
                 for ref in codes:
-                    runs = [run_step(step, roots[ref], stores, sweep) for _ in range(repeat)]
+                    runs = [
+                        run_step(step, roots[ref], stores, sweep, hidden[ref])
+                        for _ in range(repeat)
+                    ]
                     m = Measurement(
                         size,
                         stores.trials,
