@@ -375,12 +375,10 @@ class _TrialsQuery:
             return "integer"
         if column in _REAL_COLUMNS:
             return "real"
-        if column in TRIAL_COLUMNS:
-            return "text"
         if column in BATCH_COLUMNS.values():
             source = next(k for k, v in BATCH_COLUMNS.items() if v == column)
             return "integer" if source in _BATCH_INT_COLUMNS else "text"
-        declared = self.stored.get(column, "")
+        declared = self.stored.get(column, "")  # a newer column goes by its declared type
         return (
             "integer"
             if "INT" in declared
