@@ -30,6 +30,7 @@ import pytest
 
 from repro_lib import results
 from repro_lib.config import Paths
+from repro_lib.errors import UsageError
 from repro_lib.records import TRIAL_COLUMNS, Outcome
 from repro_lib.results import load_results
 from repro_lib.store import Store
@@ -380,3 +381,14 @@ def test_order_check_follows_sql_order():
     assert not results._in_order(table([("t1", "a", 1), (None, "a", 2)]))
     assert not results._in_order(table([("", "a", 1), (None, "b", 1)]))  # SQL puts NULL first
     assert results._in_order(table([("t1", "a", 1)]))
+
+
+def test_columns_reads_a_subset_with_the_same_values():
+    path = Paths(ROOT).findings_store
+    old = reference_load_results(path)
+    new = load_results(path, columns=["detail", "lost_steps"])
+    assert "phases" not in new.columns and "security" not in new.columns
+    assert {"detail", "lost_steps", "failed", "version_label", "configuration"} <= set(new.columns)
+    assert_same(old[list(new.columns)], new)
+    with pytest.raises(UsageError, match="unknown column"):
+        load_results(path, columns=["no_such_column"])
