@@ -404,7 +404,10 @@ def _plain(text: str) -> str:
 
 
 def _number(value: float) -> str:
-    return f"{value:.3g}" if math.isfinite(value) else "0"
+    # Mermaid's parser takes plain decimals only: 9.19e-10 is a parse error
+    if not math.isfinite(value):
+        return "0"
+    return f"{value:.3f}".rstrip("0").rstrip(".") or "0"
 
 
 def _nice_ceiling(value: float) -> float:

@@ -239,3 +239,16 @@ def test_report_cli_github_writes_both_files(tmp_path, monkeypatch):
         str(out / n) for n in ("report.md", "comment.md", "findings.zip")
     ]
     assert "### Verdict per version" in (out / "comment.md").read_text(encoding="utf-8")
+
+
+def test_chart_numbers_are_plain_decimals_mermaid_can_parse():
+    # a cluster-robust lower bound can be 9.19e-10; Mermaid rejects exponents
+    from repro_lib.comment import _number
+
+    assert [_number(v) for v in (9.19e-10, 0.00698, 4.56, 15.0, 100.0)] == [
+        "0",
+        "0.007",
+        "4.56",
+        "15",
+        "100",
+    ]
