@@ -24,6 +24,11 @@ cell : str
     The stored cell, or when none was stored a key
     ``backend=…/version=…/cache=…/reset=K/mode=…`` where ``version`` is the
     ``version_label`` above and ``cache`` the cache type.
+cycle : Int64
+    The reset cycle's key, unique within a run: the trial number of the cycle's
+    first try, so ``(run_id, cycle)`` names one cycle. Stored by the trial loop;
+    for stores from before it, derived as ``trial - since_reset + 1`` (a try
+    whose reset failed is a cycle of its own: ``trial``).
 
 ``default_store`` names the store an analysis reads when none is given: the
 project's own store once it exists, else the small sample store shipped with
@@ -67,6 +72,7 @@ _INT_COLUMNS = (
     "cache_pulled",
     "cpus",
     "attempt",
+    "cycle",
 )
 _REPLICATE = re.compile(r"/rep=\d+$")
 _LIST_COLUMNS = ("missing", "layer_digests", "lost_steps", "lost_digests")
@@ -227,6 +233,7 @@ def derive(raw: pd.DataFrame) -> pd.DataFrame:
             df[column] = pd.Series([None] * len(df), index=df.index, dtype=object)
     for column in _INT_COLUMNS:
         df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    df["cycle"] = df["cycle"].fillna(_derived_cycle(df))
     df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce").astype(float)
     if "privileged" in df.columns:
         df["privileged"] = pd.to_numeric(df["privileged"], errors="coerce").astype("boolean")
@@ -257,6 +264,16 @@ def derive(raw: pd.DataFrame) -> pd.DataFrame:
         [_REPLICATE.sub("", str(c)) for c in df["cell"]], index=df.index, dtype=object
     )
     return df[list(RESULT_COLUMNS) + [c for c in df.columns if c not in RESULT_COLUMNS]]
+
+
+def _derived_cycle(df: pd.DataFrame) -> pd.Series:
+    """The cycle key of rows stored without one: their cycle began ``since_reset - 1``
+    trials earlier. Before the key was stored, a try whose reset failed kept the
+    previous try's ``since_reset``; it began (and ended) a cycle of its own."""
+    failed_reset = df["outcome"].astype(object).eq(Outcome.INFRA_ERROR.value) & df["detail"].fillna(
+        ""
+    ).astype(str).str.startswith("reset failed")
+    return (df["trial"] - df["since_reset"] + 1).mask(failed_reset, df["trial"])
 
 
 def raw_rows(df: pd.DataFrame) -> pd.DataFrame:

@@ -33,6 +33,7 @@ _SQL_TYPES = {
     "privileged": "INTEGER",
     "cpus": "INTEGER",
     "attempt": "INTEGER",
+    "cycle": "INTEGER",
 }
 
 _SCHEMA = f"""

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -391,3 +392,144 @@ def test_local_cluster_engine_sweep(docker_client, fixture_images, docker_cli, l
     assert len(rows) == 4 and len({r[2] for r in rows}) == 2  # two local workers
     assert not list((lab_home / "data/engines").glob("*/engine.json"))  # their engines stopped
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+# a client that dies mid-cell ----------------------------------------------------
+
+ORPHAN_TRIES = 24
+
+
+def _journal(tmp_path: Path, host: str) -> Path:
+    return tmp_path / f"builds-{host}.txt"
+
+
+def _builds(tmp_path: Path, sweep_id: str) -> Counter:
+    """How often each (run_id, trial) of the sweep was built, over every host."""
+    builds: Counter = Counter()
+    for host in HOSTS:
+        path = _journal(tmp_path, host)
+        for line in path.read_text().splitlines() if path.exists() else []:
+            run_id, trial, _ = line.split()
+            if run_id.startswith(f"{sweep_id}-"):
+                builds[(run_id, int(trial))] += 1
+    return builds
+
+
+def _start_journaled_workers(cluster: Cluster, tmp_path: Path) -> None:
+    for host in cluster.hosts.values():
+        cluster.start_worker(
+            host, extra_env={"REPRO_LIB_BUILD_JOURNAL": str(_journal(tmp_path, host.name))}
+        )
+    cluster.wait_for_workers(2)
+
+
+def _start_sweep(cluster: Cluster, tmp_path: Path, store: Path, sweep_id: str, tries: int):
+    env = dict(os.environ, REPRO_LIB_HOME=str(tmp_path), **CONTROLLED_ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "repro_lib", "sweep", *_controlled_engine_args()]
+        + ["--reset-freq", "4", "--tries", str(tries), "--sweep-id", sweep_id]
+        + ["--cluster", cluster.address, "--store", str(store)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _kill_after(proc: subprocess.Popen, store: Path, n: int) -> list[tuple]:
+    """kill -9 the client once its store holds ``n`` trials; returns them."""
+    deadline = time.monotonic() + 240
+    while not (store.exists() and len(_rows(store)) >= n):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep recorded too little"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    return _rows(store)
+
+
+def _only_lanes_on(cluster: Cluster, host: str) -> None:
+    """Leave the lanes resource on ``host`` alone, so the next cell must run there."""
+    from distributed import Client
+
+    async def no_lanes(dask_worker):
+        await dask_worker.set_resources(lanes=0)
+
+    with Client(cluster.address, timeout=30) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        others = [a for a, w in workers.items() if w["name"] != host]
+        client.run(no_lanes, workers=others)
+
+
+def _resume(cluster: Cluster, tmp_path: Path, store: Path, sweep_id: str):
+    return run_cli(
+        "sweep",
+        "--resume",
+        sweep_id,
+        "--cluster",
+        cluster.address,
+        "--store",
+        str(store),
+        "--json",
+        home=tmp_path,
+        env=CONTROLLED_ENV,
+    )
+
+
+def _status(store: Path, sweep_id: str) -> str:
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        return db.execute("SELECT status FROM sweeps WHERE sweep_id = ?", (sweep_id,)).fetchone()[0]
+
+
+def _summary_tries(store: Path, run_id: str) -> int:
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        (summary,) = db.execute("SELECT summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return json.loads(summary)["tries"]
+
+
+@pytest.mark.parametrize("where", ["same-host", "other-host"])
+def test_resume_right_after_the_client_died_records_every_trial_once(cluster, tmp_path, where):
+    """kill -9 of the client mid-cell, then --resume at once: every trial once, `done`.
+
+    The dead client's cell keeps running on its worker; the resumed cell is forced
+    onto that same host (it would wait for the orphan, then skip what the orphan
+    recorded) or onto the other one (it would run beside the orphan).
+    """
+    _start_journaled_workers(cluster, tmp_path)
+    store, sweep_id = tmp_path / "client.sqlite", f"orphan-{where}"
+    run_id = f"{sweep_id}-c000"
+    before = _kill_after(_start_sweep(cluster, tmp_path, store, sweep_id, ORPHAN_TRIES), store, 6)
+    (orphan_host,) = {r[2] for r in before}
+    target = orphan_host if where == "same-host" else next(h for h in HOSTS if h != orphan_host)
+    _only_lanes_on(cluster, target)
+    resumed = _resume(cluster, tmp_path, store, sweep_id)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = _rows(store)
+    assert sorted(r[1] for r in rows) == list(range(1, ORPHAN_TRIES + 1))
+    builds = _builds(tmp_path, sweep_id)
+    assert set(builds) == {(run_id, t) for t in range(1, ORPHAN_TRIES + 1)}
+    assert set(builds.values()) == {1}, [k for k, n in builds.items() if n > 1]  # none twice
+    assert set(before) <= set(rows)
+    resumed_rows = [r for r in rows if r[3] > 1]  # the resume's attempt continues the count
+    assert resumed_rows and {r[2] for r in resumed_rows} == {target}
+    assert _status(store, sweep_id) == "done"
+    assert _summary_tries(store, run_id) == ORPHAN_TRIES  # the runs summary matches trials
+
+
+def test_cells_of_a_dead_client_stop_by_themselves(cluster, tmp_path):
+    from repro_lib.executors.cluster import LEASE_TIMEOUT
+
+    _start_journaled_workers(cluster, tmp_path)
+    store, sweep_id, tries = tmp_path / "client.sqlite", "orphan-alone", 60
+    _kill_after(_start_sweep(cluster, tmp_path, store, sweep_id, tries), store, 3)
+    killed = time.monotonic()
+    built, stable_since = 0, time.monotonic()
+    while time.monotonic() - stable_since < 8:  # no build for a while: the cell stopped
+        now = sum(_builds(tmp_path, sweep_id).values())
+        if now != built:
+            built, stable_since = now, time.monotonic()
+        assert time.monotonic() - killed < LEASE_TIMEOUT + 60, "the orphaned cell kept running"
+        time.sleep(0.5)
+    assert built < tries
+    resumed = _resume(cluster, tmp_path, store, sweep_id)  # no orphan left to wait for
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(_rows(store)) == tries and set(_builds(tmp_path, sweep_id).values()) == {1}
