@@ -200,6 +200,13 @@ def test_engine_sweep_runs_on_both_hosts_and_records_every_trial_once(cluster, t
         assert re.search(r"\|\s*3\s*\|\s*1\s*\|", line), line
     hosts_line = next(ln for ln in text.splitlines() if ln.startswith("| Docker hosts"))
     assert "host-a (" in hosts_line and "host-b (" in hosts_line
+    # each failure's evidence bundle came to the client with its record
+    for c in cells:
+        shown = run_cli("evidence", c["run_id"], "2", "--store", str(store), home=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "not on this machine" not in shown.stdout and "What trial 2 lost" in shown.stdout
+        (bundle,) = (tmp_path / "data/runs").glob(f"*/{c['run_id']}/evidence/trial-0002")
+        assert (bundle / "build.log").is_file() and (bundle / "output.tar").is_file()
     for host in cluster.hosts.values():
         with contextlib.closing(host.client()) as client:
             assert lab.leftovers(client) == {"containers": [], "volumes": []}
@@ -243,6 +250,22 @@ def test_killed_worker_loses_and_duplicates_nothing(cluster, tmp_path):
     survivors = [r for r in after if r not in before]
     assert survivors and {r[2] for r in survivors} == {"host-b"}  # the sweep finished on host-b
     assert max(r[3] for r in after) == 2  # host-a's cell was rerun as attempt 2
+    # (run_id, cycle) names one reset cycle: one host and attempt, tries 1..k from its
+    # first trial on; (run_id, reset_index) restarts with the attempt and does not
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        cycles = db.execute(
+            "SELECT run_id, cycle, group_concat(trial), group_concat(since_reset),"
+            " count(DISTINCT host || attempt) FROM"
+            " (SELECT * FROM trials ORDER BY trial) GROUP BY run_id, cycle"
+        ).fetchall()
+        rerun = db.execute(
+            "SELECT run_id FROM trials GROUP BY run_id HAVING count(DISTINCT attempt) > 1"
+        ).fetchall()
+    for run_id, cycle, trials, positions, owners in cycles:
+        trials = [int(t) for t in trials.split(",")]
+        assert owners == 1 and trials[0] == cycle, (run_id, cycle, trials)
+        assert [int(p) for p in positions.split(",")] == list(range(1, len(trials) + 1))
+    assert rerun  # a cell whose reset_index 0 names two cycles, one per attempt
     # host-a's worker died with its registries running; clean removes them
     clean = run_cli("clean", home=victim.home, env={"DOCKER_HOST": victim.engine.host})
     assert clean.returncode == 0, clean.stderr
@@ -278,6 +301,8 @@ def test_worker_lacking_an_image_offline_names_host_and_image(cluster, tmp_path)
             cluster.address,
             "--store",
             str(tmp_path / "s.sqlite"),
+            "--sweep-id",
+            "lacking",
             home=tmp_path,
         )
         assert proc.returncode == 2
@@ -285,6 +310,13 @@ def test_worker_lacking_an_image_offline_names_host_and_image(cluster, tmp_path)
         assert len(lines) == 1, proc.stderr
         assert "host-a" in lines[0] and present_on_b in lines[0], lines[0]
         assert not _rows(tmp_path / "s.sqlite")  # nothing scheduled
+        assert _status(tmp_path / "s.sqlite", "lacking") == "refused"  # not `running`
+        report = run_cli(
+            "report", "--store", str(tmp_path / "s.sqlite"), "--sweep", "lacking", home=tmp_path
+        )
+        assert report.returncode == 0, report.stderr
+        text = (tmp_path / "reports/lacking/report.md").read_text()
+        assert "Sweep `lacking`: **refused**" in text
     finally:
         with contextlib.closing(cluster.hosts["host-b"].client()) as client:
             client.images.remove(present_on_b)
@@ -533,3 +565,20 @@ def test_cells_of_a_dead_client_stop_by_themselves(cluster, tmp_path):
     resumed = _resume(cluster, tmp_path, store, sweep_id)  # no orphan left to wait for
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(_rows(store)) == tries and set(_builds(tmp_path, sweep_id).values()) == {1}
+
+
+def test_a_bundle_over_the_cap_names_what_stayed_on_the_host(tmp_path, monkeypatch):
+    from repro_lib.executors import cluster as dask_cluster
+
+    bundle = tmp_path / "evidence/trial-0002"
+    bundle.mkdir(parents=True)
+    (bundle / "what-was-lost.md").write_text("# What trial 2 lost\n")
+    (bundle / "output.tar").write_bytes(b"x" * 5000)
+    monkeypatch.setattr(dask_cluster, "BUNDLE_CAP", 1000)
+    data = dask_cluster.pack_bundle(bundle, "host-a")
+    copy = tmp_path / "client/trial-0002"
+    dask_cluster.unpack_bundle(data, copy)
+    assert (copy / "what-was-lost.md").read_text() == "# What trial 2 lost\n"
+    assert not (copy / "output.tar").exists()
+    omitted = (copy / "omitted.txt").read_text()
+    assert f"output.tar (5000 bytes): on host host-a at {bundle / 'output.tar'}" in omitted

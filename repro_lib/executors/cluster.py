@@ -264,33 +264,34 @@ class DaskExecutor:
         variables = []
         owners = []
         lease = _Lease(self.dask, tag)
-        for cell in job.cells:
-            run_id = cell.run_id(job.sweep_id)
-            done = distributed.Variable(f"{tag}-{run_id}-done", client=self.dask)
-            done.set([[r.trial, r.outcome.value] for r in job.prior[cell.index]])
-            attempts = distributed.Variable(f"{tag}-{run_id}-attempt", client=self.dask)
-            # a resume is one more attempt at a cell, whoever made the earlier ones
-            attempts.set(max((r.attempt for r in job.prior[cell.index]), default=0))
-            variables += [done, attempts]
-            owner = distributed.Variable(owner_name(run_id), client=self.dask)
-            owner.set(tag)  # the cells of an earlier client of this sweep stop on seeing it
-            owners.append(owner)
-            spec = {
-                "tag": tag,
-                "plan": job.plan.as_dict(),
-                "cell": asdict(cell),
-                "sweep_id": job.sweep_id,
-                "session_id": job.session_id,
-                "command": job.command,
-                "tags": list(job.tags),
-            }
-            future = self.dask.submit(
-                run_cell_task, spec, key=f"{tag}-{run_id}", resources=resources, pure=False
-            )
-            futures[future] = cell.key()
         lines = _Lines(progress, job.paths.run_dir(job.session_id))
-        pending = set(futures)
+        pending: set[Any] = set()
         try:
+            for cell in job.cells:
+                run_id = cell.run_id(job.sweep_id)
+                done = distributed.Variable(f"{tag}-{run_id}-done", client=self.dask)
+                done.set([[r.trial, r.outcome.value] for r in job.prior[cell.index]])
+                attempts = distributed.Variable(f"{tag}-{run_id}-attempt", client=self.dask)
+                # a resume is one more attempt at a cell, whoever made the earlier ones
+                attempts.set(max((r.attempt for r in job.prior[cell.index]), default=0))
+                variables += [done, attempts]
+                owner = distributed.Variable(owner_name(run_id), client=self.dask)
+                owner.set(tag)  # the cells of an earlier client of this sweep stop on seeing it
+                owners.append(owner)
+                spec = {
+                    "tag": tag,
+                    "plan": job.plan.as_dict(),
+                    "cell": asdict(cell),
+                    "sweep_id": job.sweep_id,
+                    "session_id": job.session_id,
+                    "command": job.command,
+                    "tags": list(job.tags),
+                }
+                future = self.dask.submit(
+                    run_cell_task, spec, key=f"{tag}-{run_id}", resources=resources, pure=False
+                )
+                futures[future] = cell.key()
+                pending.add(future)
             with Store(job.store_path) as store:
                 while pending:
                     _drain(queue, store, lines)
