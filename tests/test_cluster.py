@@ -576,9 +576,12 @@ def test_a_bundle_over_the_cap_names_what_stayed_on_the_host(tmp_path, monkeypat
     (bundle / "output.tar").write_bytes(b"x" * 5000)
     monkeypatch.setattr(dask_cluster, "BUNDLE_CAP", 1000)
     data = dask_cluster.pack_bundle(bundle, "host-a")
-    copy = tmp_path / "client/trial-0002"
-    dask_cluster.unpack_bundle(data, copy)
+    run_dir = tmp_path / "client"
+    dask_cluster.unpack_bundle(data, run_dir, "evidence/trial-0002")
+    copy = run_dir / "evidence/trial-0002"
     assert (copy / "what-was-lost.md").read_text() == "# What trial 2 lost\n"
     assert not (copy / "output.tar").exists()
     omitted = (copy / "omitted.txt").read_text()
     assert f"output.tar (5000 bytes): on host host-a at {bundle / 'output.tar'}" in omitted
+    with pytest.raises(OSError, match="leaves its run directory"):
+        dask_cluster.unpack_bundle(data, run_dir, "../../elsewhere")

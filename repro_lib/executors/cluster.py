@@ -213,7 +213,8 @@ class DaskExecutor:
         found = self.dask.run(worker_bundle, record.run_id, record.evidence_path, record.host)
         data = next((d for d in found.values() if d), None)
         if data:
-            unpack_bundle(data, run_dir / record.evidence_path)
+            with contextlib.suppress(OSError, tarfile.TarError):  # the record stands alone
+                unpack_bundle(data, run_dir, record.evidence_path)
 
     def settle(self, run_ids: list[str]) -> None:
         """Stop, and wait for, cells of these runs that an earlier client left running.
@@ -499,7 +500,7 @@ def _drain(queue: Any, store: Store, lines: _Lines) -> None:
             lines.progress.skip(event["n"])
         elif kind == "bundle":
             with contextlib.suppress(OSError, tarfile.TarError):  # the record stands alone
-                unpack_bundle(event["data"], lines.run_dirs / event["run_id"] / event["path"])
+                unpack_bundle(event["data"], lines.run_dirs / event["run_id"], event["path"])
 
 
 # worker side ---------------------------------------------------------------------
@@ -595,7 +596,12 @@ def pack_bundle(bundle: Path, host: str) -> bytes:
     return buffer.getvalue()
 
 
-def unpack_bundle(data: bytes, bundle: Path) -> None:
+def unpack_bundle(data: bytes, run_dir: Path, evidence_path: str) -> None:
+    """Unpack a bundle from :func:`pack_bundle` at ``run_dir/evidence_path``, where the
+    client's ``repro-lib evidence`` finds it; nothing lands outside ``run_dir``."""
+    bundle = (run_dir / evidence_path).resolve()
+    if not bundle.is_relative_to(run_dir.resolve()):
+        raise OSError(f"evidence path {evidence_path!r} leaves its run directory")
     bundle.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         tar.extractall(bundle, filter="data")
@@ -603,9 +609,10 @@ def unpack_bundle(data: bytes, bundle: Path) -> None:
 
 def worker_bundle(run_id: str, evidence_path: str, host: str) -> bytes | None:
     """On a worker: the packed bundle of one failure of ``run_id`` it keeps, if any."""
-    found = sorted(Paths.from_env().runs.glob(f"*/{run_id}/{evidence_path}"))
+    runs = Paths.from_env().runs
+    found = sorted(runs.glob(f"*/{run_id}/{evidence_path}"))
     # workers sharing a home (a LocalCluster) keep their bundles in per-host directories
-    found.sort(key=lambda p: not p.parent.parent.parent.name.endswith(_label_safe(host)))
+    found.sort(key=lambda p: not p.relative_to(runs).parts[0].endswith(_label_safe(host)))
     for bundle in found:
         if bundle.is_dir():
             return pack_bundle(bundle, host)
