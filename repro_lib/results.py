@@ -24,6 +24,11 @@ cell : str
     The stored cell, or when none was stored a key
     ``backend=…/version=…/cache=…/reset=K/mode=…`` where ``version`` is the
     ``version_label`` above and ``cache`` the cache type.
+cycle : Int64
+    The reset cycle's key, unique within a run: the trial number of the cycle's
+    first try, so ``(run_id, cycle)`` names one cycle. Stored by the trial loop;
+    for stores from before it, derived as ``trial - since_reset + 1`` (a try
+    whose reset failed is a cycle of its own: ``trial``).
 
 How a store is read
 -------------------
@@ -89,6 +94,7 @@ _INT_COLUMNS = (
     "cache_pulled",
     "cpus",
     "attempt",
+    "cycle",
 )
 _REAL_COLUMNS = ("duration_s",)
 _BOOL_COLUMNS = ("privileged",)  # stored as 0/1
@@ -667,6 +673,8 @@ def _derive(df: pd.DataFrame, *, complete: bool) -> pd.DataFrame:
     for column in (c for c in _INT_COLUMNS if c in have):
         if not isinstance(df[column].dtype, pd.Int64Dtype):
             df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    if {"cycle", "trial", "since_reset"} <= have:
+        df["cycle"] = df["cycle"].fillna(_derived_cycle(df))
     if "duration_s" in have and df["duration_s"].dtype != np.float64:
         df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce").astype(float)
     if "privileged" in have and not isinstance(df["privileged"].dtype, pd.BooleanDtype):
@@ -802,6 +810,18 @@ def write_trials(
                 query.write_parquet(list(TRIAL_COLUMNS), selection, parquet)
     (parquet if written == csv else csv).unlink(missing_ok=True)
     return written
+
+
+def _derived_cycle(df: pd.DataFrame) -> pd.Series:
+    """The cycle key of rows stored without one: their cycle began ``since_reset - 1``
+    trials earlier. Before the key was stored, a try whose reset failed kept the
+    previous try's ``since_reset``; it began (and ended) a cycle of its own."""
+    if not {"outcome", "detail"} <= set(df.columns):
+        return df["trial"] - df["since_reset"] + 1
+    failed_reset = df["outcome"].astype(object).eq(Outcome.INFRA_ERROR.value) & df["detail"].fillna(
+        ""
+    ).astype(str).str.startswith("reset failed")
+    return (df["trial"] - df["since_reset"] + 1).mask(failed_reset, df["trial"])
 
 
 def raw_rows(df: pd.DataFrame) -> pd.DataFrame:
