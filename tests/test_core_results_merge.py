@@ -1,0 +1,402 @@
+"""load_results' filters and merge_stores' decisions on small handmade stores.
+
+The stores are synthetic rows written through ``Store`` (test data, not
+evidence), a few rows each, so every rule shows on its own and the whole file
+runs in seconds. Merges of the shipped sample store and the CLI are in
+``test_merge.py``; ``test_results.py`` has more of ``load_results``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from repro_lib.config import Paths
+from repro_lib.errors import UsageError
+from repro_lib.forensics import CacheFacts
+from repro_lib.merge import MergeConflict, merge_stores, merged_view
+from repro_lib.results import (
+    _as_list,
+    default_store,
+    derive,
+    filter_results,
+    findings_store,
+    load_results,
+    raw_rows,
+    version_key,
+)
+from repro_lib.store import SCHEMA_VERSION, Store
+
+from .factories import make_record
+
+
+def _store(path: Path, *records, runs=(), sweeps=(), batches=()) -> Path:
+    """A store holding ``records``; ``runs`` are (run_id, params, extra) and the
+    like for ``sweeps`` (sweep_id, plan) and ``batches`` (CacheFacts)."""
+    with Store(path) as st:
+        for record in records:
+            st.append(record)
+        for run_id, params, extra in runs:
+            st.start_run(run_id, params, sweep_id=extra.get("sweep_id"), cell=extra.get("cell"))
+            if "status" in extra:
+                st.finish_run(run_id, extra["status"], extra.get("summary"))
+            if "plan_digest" in extra:
+                st.tag_run(run_id, shard=extra.get("shard"), plan_digest=extra["plan_digest"])
+        for sweep_id, plan, *status in sweeps:
+            st.start_sweep(sweep_id, plan)
+            if status:
+                st.set_sweep_status(sweep_id, status[0])
+        for facts in batches:
+            st.record_batch(facts)
+    # one run copied to two stores started once: only its progress may differ
+    _sql(path, "UPDATE runs SET started_at = '2024-05-01T09:00:00+00:00'")
+    return path
+
+
+def _sql(path: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute(sql, args).fetchall()
+        db.commit()
+        return rows
+
+
+def _state(path: Path) -> tuple[bytes, int]:
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+# load_results: include_no_cache and friends ------------------------------------
+@pytest.fixture
+def hits_store(tmp_path) -> Path:
+    """Trials 1, 2, 3 whose cache hits are unknown (None), 0 and 2."""
+    return _store(
+        tmp_path / "s.sqlite",
+        make_record(1, cache_hits=None),
+        make_record(2, cache_hits=0),
+        make_record(3, cache_hits=2),
+    )
+
+
+def test_include_no_cache_drops_only_tries_known_not_to_use_the_cache(hits_store):
+    everything = load_results(hits_store)
+    assert everything["trial"].tolist() == [1, 2, 3]
+    assert [None if pd.isna(v) else bool(v) for v in everything["cache_used"]] == [
+        None,
+        False,
+        True,
+    ]
+    kept = load_results(hits_store, include_no_cache=False)
+    assert kept["trial"].tolist() == [1, 3]  # unknown cache use is kept, a known miss is not
+    assert kept.index.tolist() == [0, 1]
+
+
+def test_load_results_reads_an_open_store_and_a_list_of_stores(hits_store, tmp_path):
+    with Store(hits_store) as opened:
+        assert load_results(opened, include_no_cache=False)["trial"].tolist() == [1, 3]
+    other = _store(tmp_path / "o.sqlite", make_record(7, run_id="r7", cache_hits=0))
+    both = load_results([hits_store, other], include_no_cache=False, run=["r", "r7"])
+    assert both["trial"].tolist() == [1, 3]
+    assert load_results([hits_store, other], run="r7")["trial"].tolist() == [7]
+
+
+def test_load_results_joins_the_cache_facts_of_each_run(tmp_path):
+    facts = CacheFacts("r", "registry", "v0.9.1", "reg/x", manifest_digest="sha256:m")
+    path = _store(
+        tmp_path / "s.sqlite", make_record(1), make_record(1, run_id="q"), batches=[facts]
+    )
+    df = load_results(path).set_index("run_id")
+    assert (df["cache_manifest_digest"]["r"], df["cache_facts"]["r"]) == ("sha256:m", "ok")
+    assert df[["cache_manifest_digest", "cache_facts"]].loc["q"].isna().all()
+
+
+def test_the_store_named_by_the_environment_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRO_LIB_HOME", str(tmp_path))
+    with pytest.raises(UsageError, match="no results store at") as info:
+        load_results()
+    assert "repro-lib reproduce" in info.value.hint
+    _store(Paths(tmp_path).store, make_record(1))
+    assert len(load_results()) == 1
+
+
+def test_default_and_findings_store_fall_back_to_the_sample(tmp_path):
+    paths = Paths(tmp_path)
+    assert default_store(paths) == paths.sample_store
+    assert findings_store(paths) == paths.sample_store
+    _store(paths.store)
+    _store(paths.findings_store)
+    assert default_store(paths) == paths.store
+    assert findings_store(paths) == paths.findings_store
+
+
+def test_derived_cells_versions_and_configurations():
+    rows = [
+        make_record(1, version="v0.7.0", cache_version="v0.9.0").to_row(),
+        make_record(2, cell="backend=x/rep=2").to_row(),
+        make_record(3, cell="", version="", cache_version="", backend="", reset_freq=None).to_row(),
+    ]
+    df = derive(pd.DataFrame(rows))
+    assert df["version_label"].tolist() == ["v0.7.0<-v0.9.0", "v0.9.0", "?"]
+    assert df["cell"][0] == (
+        "backend=container/version=v0.7.0<-v0.9.0/cache=registry/reset=1/mode=daemonless"
+    )
+    assert df["cell"][2] == "backend=?/version=?/cache=registry/reset=?/mode=daemonless"
+    assert df["configuration"].tolist() == [df["cell"][0], "backend=x", df["cell"][2]]
+    assert derive(df).equals(df)  # idempotent
+
+
+def test_filters_keep_rows_matching_every_filter():
+    df = derive(
+        pd.DataFrame(
+            [
+                make_record(1, sweep_id="s1", backend="engine").to_row(),
+                make_record(2, sweep_id="s1").to_row(),
+                make_record(3, sweep_id="s2", version="v0.9.1").to_row(),
+            ]
+        )
+    )
+    assert filter_results(df)["trial"].tolist() == [1, 2, 3]
+    assert filter_results(df, sweep="s1", backend="container")["trial"].tolist() == [2]
+    assert filter_results(df, version=("v0.9.1",))["trial"].tolist() == [3]
+    assert filter_results(df, run="nobody").empty
+
+
+@pytest.mark.parametrize(
+    "value,listed",
+    [
+        (["a"], ["a"]),
+        (("a", "b"), ["a", "b"]),
+        (None, []),
+        ("", []),
+        (float("nan"), []),
+        ('["x", "y"]', ["x", "y"]),
+        ('"one"', ["one"]),
+        ("not json", ["not json"]),
+        (3, [3]),
+    ],
+)
+def test_list_columns_decode_every_stored_form(value, listed):
+    assert _as_list(value) == listed
+
+
+def test_raw_rows_give_back_the_stored_form():
+    df = derive(pd.DataFrame([make_record(1, missing=["/a"], layer_digests=["sha256:x"]).to_row()]))
+    raw = raw_rows(df)
+    assert list(raw.columns) == [c for c in raw.columns if c in df.columns]
+    assert (raw["missing"][0], raw["layer_digests"][0]) == ('["/a"]', '["sha256:x"]')
+    assert raw["started_at"][0] == "2024-05-01T10:00:00+00:00"
+    assert "failed" not in raw.columns
+
+
+def test_versions_sort_by_their_numbers():
+    versions = ["v0.10.0", "v0.9.1", "v0.9.0", "latest", "v0.9.0-rootless"]
+    assert sorted(versions, key=version_key) == [
+        "latest",
+        "v0.9.0",
+        "v0.9.0-rootless",
+        "v0.9.1",
+        "v0.10.0",
+    ]
+
+
+# merge: refusals write nothing ---------------------------------------------------
+def _sweep_run(run_id: str, digest: str, **extra) -> tuple:
+    return (run_id, {"tries": 2}, {"sweep_id": "ci-7", "plan_digest": digest, **extra})
+
+
+def test_a_merge_refused_on_a_plan_digest_leaves_out_byte_for_byte(tmp_path):
+    a = _store(tmp_path / "a.sqlite", make_record(1, run_id="c1"), runs=[_sweep_run("c1", "p1")])
+    b = _store(tmp_path / "b.sqlite", make_record(1, run_id="c2"), runs=[_sweep_run("c2", "p1")])
+    odd = _store(
+        tmp_path / "odd.sqlite", make_record(1, run_id="c3"), runs=[_sweep_run("c3", "p2")]
+    )
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [a])
+    before = _state(out)
+    with pytest.raises(MergeConflict, match=r"sweep ci-7 ran different plans in .* \(plan p1\)"):
+        merge_stores(out, [b, odd])
+    assert _state(out) == before
+    fresh = tmp_path / "fresh.sqlite"
+    with pytest.raises(MergeConflict, match="plan p2"):
+        merge_stores(fresh, [a, odd])
+    assert not fresh.exists()
+
+
+def test_a_trial_recorded_twice_with_other_content_is_refused(tmp_path):
+    a = _store(tmp_path / "a.sqlite", make_record(1, "ok"), make_record(2))
+    b = _store(tmp_path / "b.sqlite", make_record(1, "missing_layer"))
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [a])
+    before = _state(out)
+    with pytest.raises(MergeConflict, match="both hold trial 1 of run r .*outcome 'ok' vs") as info:
+        merge_stores(out, [b])
+    assert "--sweep-id" in info.value.hint
+    assert _state(out) == before
+
+
+def test_a_run_with_other_parameters_is_refused_but_progress_may_differ(tmp_path):
+    a = _store(tmp_path / "a.sqlite", runs=[("r", {"tries": 2}, {"cell": "c"})])
+    b = _store(tmp_path / "b.sqlite", runs=[("r", {"tries": 3}, {"cell": "c"})])
+    with pytest.raises(MergeConflict, match="both hold run r with different params"):
+        merge_stores(tmp_path / "out.sqlite", [a, b])
+    assert not (tmp_path / "out.sqlite").exists()
+    done = _store(
+        tmp_path / "done.sqlite",
+        runs=[("r", {"tries": 2}, {"cell": "c", "status": "done", "summary": {"n": 2}})],
+    )
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [a, done])
+    ((status, summary, cell),) = _sql(out, "SELECT status, summary, cell FROM runs")
+    assert (status, json.loads(summary), cell) == ("done", {"n": 2}, "c")
+    # the finished record stands whichever store comes first
+    out2 = tmp_path / "out2.sqlite"
+    merge_stores(out2, [done, a])
+    assert _sql(out2, "SELECT status FROM runs") == [("done",)]
+
+
+def test_a_run_missing_a_fact_in_one_store_takes_it_from_the_other(tmp_path):
+    a = _store(tmp_path / "a.sqlite", runs=[("r", {"tries": 2}, {})])
+    b = _store(tmp_path / "b.sqlite", runs=[("r", {"tries": 2}, {"sweep_id": "s"})])
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [a])
+    merge_stores(out, [b])
+    assert _sql(out, "SELECT run_id, sweep_id FROM runs") == [("r", "s")]
+
+
+def test_sweeps_of_one_plan_merge_and_of_two_plans_are_refused(tmp_path):
+    plan = {"backend": "engine", "reset_freq": [1, 2], "tries": 2}
+    a = _store(tmp_path / "a.sqlite", sweeps=[("s", plan, "done")])
+    b = _store(tmp_path / "b.sqlite", sweeps=[("s", plan, "interrupted")])
+    _sql(b, "UPDATE sweeps SET started_at = '2000-01-01T00:00:00+00:00'")
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [a, b])
+    assert _sql(out, "SELECT started_at, status FROM sweeps") == [
+        ("2000-01-01T00:00:00+00:00", "interrupted")
+    ]
+    c = _store(tmp_path / "c.sqlite", sweeps=[("s", {**plan, "tries": 3}, "done")])
+    before = _state(out)
+    with pytest.raises(MergeConflict, match="sweep s ran different plans"):
+        merge_stores(out, [c])
+    assert _state(out) == before
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("absent", "no results store at"),
+        ("junk", "is not a readable results store"),
+        ("no trials", "is not a results store \\(it has no trials table\\)"),
+        ("newer", f"has store schema {SCHEMA_VERSION + 1}, newer than"),
+        ("no trial column", "cannot be upgraded: its trials table has no trial column"),
+        ("odd table", "table name 'odd-name' cannot be merged"),
+        ("odd column", "column batches.odd-col cannot be merged"),
+    ],
+)
+def test_an_input_that_is_not_a_store_is_refused_and_out_is_untouched(tmp_path, damage, message):
+    bad = tmp_path / "bad.sqlite"
+    if damage == "junk":
+        bad.write_bytes(b"junk" * 1000)
+    elif damage == "no trial column":
+        _sql(bad, "CREATE TABLE trials (run_id TEXT, outcome TEXT)")
+    elif damage != "absent":
+        _store(bad, make_record(1))
+        statement = {
+            "no trials": "DROP TABLE trials",
+            "newer": f"PRAGMA user_version = {SCHEMA_VERSION + 1}",
+            "odd table": 'CREATE TABLE "odd-name" (a)',
+            "odd column": 'ALTER TABLE batches ADD COLUMN "odd-col" TEXT',
+        }[damage]
+        _sql(bad, statement)
+    good = _store(tmp_path / "good.sqlite", make_record(5))
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [good])
+    before = _state(out)
+    with pytest.raises(UsageError, match=message):
+        merge_stores(out, [good, bad])
+    assert _state(out) == before
+
+
+def test_nothing_to_merge_and_out_itself_are_refused(tmp_path):
+    out = _store(tmp_path / "out.sqlite", make_record(1))
+    with pytest.raises(UsageError, match="nothing to merge"):
+        merge_stores(out, [])
+    with pytest.raises(UsageError, match="is OUT itself"):
+        merge_stores(out, [tmp_path / "." / "out.sqlite"])
+
+
+# merge: what lands -----------------------------------------------------------------
+def test_overlapping_stores_merge_without_loss_or_double_counting(tmp_path):
+    a = _store(tmp_path / "a.sqlite", make_record(1), make_record(2), make_record(1, run_id="q"))
+    b = _store(tmp_path / "b.sqlite", make_record(2), make_record(3))
+    out = tmp_path / "out.sqlite"
+    result = merge_stores(out, [a, b])
+    assert [(s.source, s.trials_added, s.trials_present) for s in result.sources] == [
+        (str(a), 3, 0),
+        (str(b), 1, 1),
+    ]
+    assert result.trials_added == 4 and result.out == out
+    assert [s.runs for s in result.sources] == [2, 1]
+    assert result.sources[0].rows_added["trials"] == 3
+    assert sorted(_sql(out, "SELECT run_id, trial FROM trials")) == [
+        ("q", 1),
+        ("r", 1),
+        ("r", 2),
+        ("r", 3),
+    ]
+    before = _state(out)
+    again = merge_stores(out, [a, b])
+    assert again.trials_added == 0
+    assert _state(out) == before  # nothing new: OUT not even opened for writing
+
+
+def test_provenance_names_each_runs_source_and_host_facts(tmp_path):
+    a = _store(
+        tmp_path / "a.sqlite",
+        make_record(1, host="h1", kernel="6.1", engine_version="24.0"),
+        make_record(2, host="h2", kernel="6.1", engine_version=""),
+    )
+    b = _store(tmp_path / "b.sqlite", runs=[("lonely", {}, {})])
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [a, b])
+    rows = _sql(
+        out,
+        "SELECT run_id, source, host, kernel, engine_version FROM provenance ORDER BY run_id",
+    )
+    assert rows == [("lonely", str(b), None, None, None), ("r", str(a), "h1, h2", "6.1", "24.0")]
+    digests = _sql(out, "SELECT source_digest, merged_at FROM provenance")
+    assert all(len(d) == 16 and m for d, m in digests)
+
+
+def test_other_tables_and_newer_columns_are_copied(tmp_path):
+    facts = CacheFacts("r", "registry", "v0.9.1", "reg/x", manifest_digest="sha256:m")
+    a = _store(tmp_path / "a.sqlite", make_record(1), batches=[facts])
+    _sql(a, "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    _sql(a, "INSERT INTO notes VALUES (1, 'first')")
+    _sql(a, "CREATE TABLE tags (name TEXT UNIQUE, colour TEXT)")
+    _sql(a, "INSERT INTO tags VALUES ('flaky', 'red')")
+    _sql(a, "CREATE TABLE loose (a TEXT, b TEXT)")
+    _sql(a, "INSERT INTO loose VALUES ('x', 'y')")
+    _sql(a, "ALTER TABLE trials ADD COLUMN gpu TEXT NOT NULL DEFAULT 'none'")
+    out = _store(tmp_path / "out.sqlite", make_record(9))
+    merge_stores(out, [a])
+    assert _sql(out, "SELECT text FROM notes") == [("first",)]
+    assert _sql(out, "SELECT colour FROM tags") == [("red",)]
+    assert _sql(out, "SELECT a, b FROM loose") == [("x", "y")]
+    assert _sql(out, "SELECT trial, gpu FROM trials ORDER BY trial") == [(1, "none"), (9, None)]
+    assert _sql(out, "SELECT manifest_digest FROM batches") == [("sha256:m",)]
+    # the same rows again are present, one changed row of a keyed table is a conflict
+    assert merge_stores(out, [a]).trials_added == 0
+    _sql(a, "UPDATE tags SET colour = 'blue'")
+    with pytest.raises(MergeConflict, match="both hold tags row \\{'name': 'flaky'\\}"):
+        merge_stores(out, [a])
+
+
+def test_merged_view_is_temporary(tmp_path):
+    a = _store(tmp_path / "a.sqlite", make_record(1))
+    with merged_view([a]) as path:
+        assert path.is_file()
+        assert _sql(path, "SELECT count(*) FROM trials") == [(1,)]
+    assert not path.exists() and not path.parent.exists()
