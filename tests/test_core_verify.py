@@ -124,6 +124,7 @@ def write_image(kind: str, path: Path, layers: list[bytes]) -> Path:
         ("/.wh.repro.txt", ".wh.repro.txt"),
         ("./etc/.wh..wh..opq", "etc/.wh..wh..opq"),
         ("..hidden", "..hidden"),
+        ("Xfile", "Xfile"),
         (".", ""),
         ("./", ""),
         ("/", ""),
@@ -232,7 +233,7 @@ def test_expected_dotfiles_in_a_scenario_keep_their_dot(tmp_path):
 
 @pytest.mark.parametrize("kind", ("rootfs", *IMAGE_KINDS))
 def test_an_expected_directory_must_be_a_directory(kind, tmp_path):
-    names = ("./", "./repro", "./data/", "./data/x", "./implied/child")
+    names = ("./", "./repro", "./data/", "./data/x", "./empty/", "./implied/deeper/child")
     path = tmp_path / "out.tar"
     archive = (
         write_rootfs(path, *names)
@@ -240,7 +241,8 @@ def test_an_expected_directory_must_be_a_directory(kind, tmp_path):
         else write_image(kind, path, [tar_of(*names)])
     )
     # "repro" is a file here: "repro/" asks for a directory and is missing
-    verdict = verify_tarball(archive, ["repro/", "data/", "implied/", "absent/", "data", "repro"])
+    expected = ["repro/", "data/", "empty/", "implied/", "implied/deeper/", "absent/", "repro"]
+    verdict = verify_tarball(archive, expected)
     assert verdict.outcome is Outcome.MISSING_LAYER
     assert verdict.missing == ("repro/", "absent/")
 
@@ -275,9 +277,18 @@ def test_a_rootfs_tarball(tmp_path):
     assert lacking.detail == "missing: gone, also/"
 
 
-def test_a_rootfs_with_a_file_called_manifest_json_is_still_a_rootfs(tmp_path):
-    archive = write_rootfs(tmp_path / "out.tar", "manifest.json", "index.json", "repro.txt")
-    assert verify_tarball(archive, ["repro.txt"]).kind == "rootfs"
+@pytest.mark.parametrize(
+    "manifest", [b"not json", b'[{"name": "app"}]', b'["Layers"]', b'{"Layers": []}', b"[]"]
+)
+def test_a_rootfs_with_its_own_manifest_json_is_still_a_rootfs(manifest, tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        _add(tar, "manifest.json", manifest)
+        _add(tar, "index.json")
+        _add(tar, "repro.txt")
+    (tmp_path / "out.tar").write_bytes(buf.getvalue())
+    verdict = verify_tarball(tmp_path / "out.tar", ["repro.txt"])
+    assert (verdict.kind, verdict.outcome) == ("rootfs", Outcome.OK)
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -343,29 +354,51 @@ def _rewrite(archive: Path, change) -> Path:
     "change,message",
     [
         (lambda n, d: b"{}" if n == "index.json" else d, "malformed OCI layout"),
+        (lambda n, d: None if n == "index.json" else d, "index.json is missing"),
+        (
+            lambda n, d: None if len(d) < 200 and b'"layers"' in d else d,
+            "blobs/sha256/\\w+ is missing",
+        ),
         (lambda n, d: b"not json" if n == "index.json" else d, "malformed OCI layout"),
-        (lambda n, d: None if n == "blobs/sha256/" + LAYER_HEX else d, "missing from the image"),
+        (
+            lambda n, d: None if n == "blobs/sha256/" + LAYER_HEX else d,
+            f"blobs/sha256/{LAYER_HEX} is miss",
+        ),
     ],
 )
 def test_a_broken_oci_layout_is_never_ok(change, message, tmp_path):
     archive = write_oci(tmp_path / "out.tar", [LAYER])
-    with pytest.raises(VerifyError, match=message):
+    with pytest.raises(VerifyError, match=f"^output changed.tar: {message}"):
         verify_tarball(_rewrite(archive, change), ["repro.txt"])
 
 
 @pytest.mark.parametrize(
     "change,message",
     [
-        (lambda n, d: b"[]" if n == "manifest.json" else d, "malformed docker archive"),
-        (lambda n, d: b"{}" if n == "config.json" else d, "malformed docker archive"),
-        (lambda n, d: None if n.endswith("layer.tar") else d, "missing from the image archive"),
-        (lambda n, d: b"junk" * 200 if n.endswith("layer.tar") else d, "layer 1 is not a readable"),
+        (lambda n, d: b"[]" if n == "manifest.json" else d, ": malformed docker archive"),
+        (lambda n, d: b"{}" if n == "config.json" else d, ": malformed docker archive"),
+        (lambda n, d: None if n == "config.json" else d, ": config.json is missing"),
+        (
+            lambda n, d: None if n.endswith("/layer.tar") else d,
+            ": \\S+ is missing from the image archive",
+        ),
+        (lambda n, d: b"junk" * 200 if n.endswith("layer.tar") else d, " layer 1 is not a"),
     ],
 )
-def test_a_broken_docker_archive_is_never_ok(change, message, tmp_path):
-    archive = write_docker(tmp_path / "out.tar", [tar_of("repro.txt")])
-    with pytest.raises(VerifyError, match=message):
+@pytest.mark.parametrize("blob_paths", [False, True])
+def test_a_broken_docker_archive_is_never_ok(change, message, blob_paths, tmp_path):
+    archive = write_docker(tmp_path / "out.tar", [LAYER], blob_paths=blob_paths)
+    if blob_paths:  # the same damage, to the layer kept as blobs/sha256/<hex>
+        change = _as_blob(change)
+    with pytest.raises(VerifyError, match=f"^output changed.tar{message}"):
         verify_tarball(_rewrite(archive, change), ["repro.txt"])
+
+
+def _as_blob(change):
+    def on_blob(name, data):
+        return change("x/layer.tar" if name == "blobs/sha256/" + LAYER_HEX else name, data)
+
+    return on_blob
 
 
 @pytest.mark.parametrize(
@@ -378,7 +411,7 @@ def test_a_truncated_gzipped_layer_is_never_ok(keep, message, tmp_path):
         _add(tar, "repro.txt", random.Random(0).randbytes(64 * 1024))
     whole = gzip.compress(buf.getvalue())
     archive = write_oci(tmp_path / "out.tar", [whole[: int(len(whole) * keep)]])
-    with pytest.raises(VerifyError, match=f"layer 1 {message}"):
+    with pytest.raises(VerifyError, match=f"^output out.tar layer 1 {message}"):
         verify_tarball(archive, ["repro.txt"])
 
 
@@ -408,5 +441,5 @@ def test_member_bytes_finds_a_file_with_or_without_a_leading_dot_slash():
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
         assert member_bytes(tar, "index.json") == b"dotted"
         assert member_bytes(tar, "plain") == b"bare"
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError, match="absent"):
             member_bytes(tar, "absent")
