@@ -304,6 +304,13 @@ def test_an_oci_layout_counts_its_layers(nested, tmp_path):
     assert verdict.detail == "all expected paths present (4 entries, kind=oci)"
 
 
+def test_an_oci_layout_without_its_marker_file_is_still_read_as_one(tmp_path):
+    archive = write_oci(tmp_path / "out.tar", [tar_of("repro.txt")])
+    unmarked = _rewrite(archive, lambda n, d: None if n == "oci-layout" else d)
+    verdict = verify_tarball(unmarked, ["repro.txt"])
+    assert (verdict.kind, verdict.outcome, verdict.layers) == ("oci", Outcome.OK, 1)
+
+
 def test_an_oci_layer_may_be_gzipped(tmp_path):
     layers = [gzip.compress(tar_of("base")), gzip.compress(tar_of("repro.txt"))]
     archive = write_oci(tmp_path / "out.tar", layers)
@@ -366,8 +373,9 @@ def _rewrite(archive: Path, change) -> Path:
         ),
     ],
 )
-def test_a_broken_oci_layout_is_never_ok(change, message, tmp_path):
-    archive = write_oci(tmp_path / "out.tar", [LAYER])
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_broken_oci_layout_is_never_ok(change, message, nested, tmp_path):
+    archive = write_oci(tmp_path / "out.tar", [LAYER], nested=nested)
     with pytest.raises(VerifyError, match=f"^output changed.tar: {message}"):
         verify_tarball(_rewrite(archive, change), ["repro.txt"])
 
