@@ -7,7 +7,9 @@ error a try is scripted to raise. Records go to a real SQLite store. No Docker.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import sqlite3
 import tarfile
 from pathlib import Path
@@ -17,7 +19,8 @@ import pytest
 
 from repro_lib import __version__
 from repro_lib.builders import BatchEnv, BuildOutput
-from repro_lib.errors import BuildFailed, InfraError, VerifyError
+from repro_lib.errors import BuildFailed, InfraError, UsageError, VerifyError
+from repro_lib.forensics import CacheFacts, Reference
 from repro_lib.lab import HostFacts
 from repro_lib.records import Outcome
 from repro_lib.scenario import Scenario
@@ -28,6 +31,7 @@ from repro_lib.trials import (
     classify,
     positions_of_failures,
     run_trials,
+    validate_counts,
 )
 
 EXPECTED = ("repro/", "repro.txt")
@@ -48,10 +52,44 @@ def _tar(*names: str) -> bytes:
     return buf.getvalue()
 
 
+def _oci(*layers: bytes) -> bytes:
+    """An OCI layout holding ``layers`` (what ``--output type=oci`` writes)."""
+    manifest = json.dumps({"layers": [{"digest": _digest(layer)} for layer in layers]}).encode()
+    blobs = {_digest(b): b for b in (*layers, manifest)}
+    index = json.dumps({"manifests": [{"digest": _digest(manifest)}]}).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in [("oci-layout", b"{}"), ("index.json", index)] + [
+            ("blobs/sha256/" + d.split(":")[1], b) for d, b in blobs.items()
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+WORKDIR_LAYER = _tar("repro/")
+COPY_LAYER = _tar("repro.txt")
+#: the cache-export build's layers, as a batch records them for forensics
+EXPORT_OCI = Reference(
+    kind="export-oci",
+    layers=(_digest(WORKDIR_LAYER), _digest(COPY_LAYER)),
+    history=(
+        {"created_by": "WORKDIR /repro"},
+        {"created_by": "COPY repro.txt /repro.txt # buildkit"},
+    ),
+)
+EXPORT_TREE = Reference(kind="export-tree", paths=("repro", "repro.txt", "etc/hostname"))
+
 #: what a scripted try produces: the bytes of its tarball, or how it fails
 OUTPUTS = {
     "ok": _tar("./", "./repro/", "./repro.txt"),
     "missing": _tar("./", "./repro/"),
+    "oci-missing": _oci(WORKDIR_LAYER),
     "unreadable": b"this is not a tar archive" * 40,
     "empty": b"",
 }
@@ -98,6 +136,7 @@ class ScriptedBackend:
             raise BuildFailed("RUN failed", log_tail="step 3/4: exit code 1")
         if what == "infra":
             raise InfraError("registry not answering")
+        (self.out_dir / "logs" / f"trial-{trial:04d}.log").write_text(f"build {trial}\n")
         tarball = self.out_dir / f"out-{trial}.tar"
         if what in OUTPUTS:
             tarball.write_bytes(OUTPUTS[what])
@@ -150,6 +189,20 @@ def rig(tmp_path):
     store.close()
 
 
+class PlainBackend(ScriptedBackend):
+    """A backend with only the protocol's attributes: no buildctl_via, security or daemon log."""
+
+    def __getattribute__(self, name):
+        if name in ("daemon_log", "buildctl_via", "security"):
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+class FailingLogBackend(ScriptedBackend):
+    def daemon_log(self) -> str:
+        raise OSError("container already removed")
+
+
 def _ctx(reset_freq: int = 1, **kw) -> TrialContext:
     facts = HostFacts(engine_version="20.10.24", kernel="6.1.0", host="box", cpus=2)
     return TrialContext(
@@ -157,12 +210,19 @@ def _ctx(reset_freq: int = 1, **kw) -> TrialContext:
     )
 
 
-def _run(rig, script=None, trials=range(1, 4), reset_freq=1, **kw):
-    backend = ScriptedBackend(rig.work, script)
-    state = run_trials(
-        backend, rig.env, rig.store, _ctx(reset_freq), TrialsAhead(backend, trials), **kw
-    )
+def _run(rig, script=None, trials=range(1, 4), reset_freq=1, *, ctx=None, backend=None, **kw):
+    backend = (backend or ScriptedBackend)(rig.work, script)
+    ctx = ctx or _ctx(reset_freq)
+    state = run_trials(backend, rig.env, rig.store, ctx, TrialsAhead(backend, trials), **kw)
     return backend, state
+
+
+def test_counts_of_one_are_enough():
+    validate_counts(1, 1)
+    with pytest.raises(UsageError, match=r"--tries must be at least 1 \(got 0\)"):
+        validate_counts(0, 1)
+    with pytest.raises(UsageError, match=r"--reset-freq must be at least 1 \(got 0\)"):
+        validate_counts(1, 0)
 
 
 # the reset schedule and positions ------------------------------------------------
@@ -284,16 +344,73 @@ def test_a_try_without_a_reset_records_no_reset_phase(rig):
 
 
 def test_a_missing_layer_keeps_its_evidence(rig):
-    _run(rig, {2: "missing"}, trials=[1, 2])
+    (rig.work / "cache").mkdir()
+    (rig.work / "cache" / "manifest.json").write_text("{}")
+    cache = CacheFacts("run-1", "registry", "v0.9.1", "reg/x", manifest_path="cache/manifest.json")
+    ctx = _ctx(cache=cache, sweep_id="s", cell="c", attempt=2, lane=1)
+    _, state = _run(rig, {2: "missing"}, trials=[1, 2], ctx=ctx)
     ok, failed = rig.store.trials("run-1")
     assert failed.evidence_path == "evidence/trial-0002"
     bundle = rig.work / failed.evidence_path
     assert (bundle / "output.tar").is_file()  # the failing output, moved into the bundle
     assert (bundle / "buildkitd.log").read_text() == "buildkitd: daemon log"
+    assert (bundle / "build.log").read_text() == "build 2\n"
+    assert (bundle / "cache-manifest.json").read_text() == "{}"
+    summary = (bundle / "what-was-lost.md").read_text()
+    assert "# What trial 2 lost" in summary and "## The imported cache" in summary
     assert failed.lost_steps == ["COPY repro.txt /repro.txt"]
-    assert ok.evidence_path == "" and not (rig.work / "evidence" / "trial-0001").exists()
+    assert failed.lost_reference.startswith("dockerfile:")
+    assert state.records[0].evidence_path == "" and state.records[0].lost_reference == ""
+    assert not (rig.work / "evidence" / "trial-0001").exists()
+    for record in (ok, failed):
+        assert (record.sweep_id, record.cell, record.attempt, record.lane) == ("s", "c", 2, 1)
     # an output nobody needs is not kept
     assert not (rig.work / "out-1.tar").exists()
+
+
+def test_an_oci_output_names_the_lost_layer_and_its_step(rig):
+    _, state = _run(rig, {1: "oci-missing"}, trials=[1], ctx=_ctx(reference=EXPORT_OCI))
+    (record,) = state.records
+    assert record.outcome is Outcome.MISSING_LAYER
+    assert (record.layers, record.layer_digests) == (1, [_digest(WORKDIR_LAYER)])
+    assert record.lost_digests == [_digest(COPY_LAYER)]
+    assert record.lost_steps == ["COPY repro.txt /repro.txt"]
+    assert record.lost_reference.startswith("export-oci:")
+
+
+@pytest.mark.parametrize(
+    "reference,judged", [(EXPORT_TREE, "export-tree:"), (EXPORT_OCI, "dockerfile:")]
+)
+def test_a_rootfs_output_is_judged_against_the_reference_it_can_use(rig, reference, judged):
+    _, state = _run(rig, {1: "missing"}, trials=[1], ctx=_ctx(reference=reference))
+    (record,) = state.records
+    assert record.lost_reference.startswith(judged)
+    assert (record.lost_digests, record.layers, record.layer_digests) == ([], None, [])
+
+
+def test_a_backend_without_the_optional_attributes(rig):
+    _, state = _run(rig, {1: "missing"}, trials=[1], backend=PlainBackend)
+    (record,) = state.records
+    assert (record.buildctl_via, record.security) == ("", {})
+    assert not (rig.work / record.evidence_path / "buildkitd.log").exists()
+
+
+def test_an_unreadable_daemon_log_is_noted_in_the_evidence(rig):
+    _, state = _run(rig, {1: "missing"}, trials=[1], backend=FailingLogBackend)
+    log = rig.work / state.records[0].evidence_path / "buildkitd.log"
+    assert log.read_text() == "(daemon log unavailable: container already removed)"
+
+
+def test_durations_and_phases_are_kept_to_the_tenth_of_a_millisecond(rig, monkeypatch):
+    ticks = iter(range(1, 100))
+    monkeypatch.setattr(
+        "repro_lib.trials.time", SimpleNamespace(monotonic=lambda: next(ticks) * 0.123456)
+    )
+    _, state = _run(rig, trials=[1])
+    (record,) = state.records
+    # reset (1 tick), build, verify (1 tick), so the try lasted 3 ticks from its start
+    assert record.duration_s == 0.3704
+    assert record.phases == {"build": 0.25, "verify": 0.1235, "reset": 0.1235}
 
 
 def test_outputs_are_kept_when_asked(rig):
@@ -334,8 +451,12 @@ def test_infra_errors_apart_do_not_stop_the_batch(rig):
 
 
 def test_a_failed_reset_is_an_infra_error_and_the_next_try_resets(rig):
-    backend, _ = _run(rig, {2: "reset"}, trials=[1, 2, 3], reset_freq=1)
+    seen = []
+    backend, state = _run(rig, {2: "reset"}, trials=[1, 2, 3], on_record=seen.append)
+    assert seen == state.records
     records = rig.store.trials("run-1")
+    assert records[1].started_at.endswith("+00:00")
+    assert (state.records[1].log_path, state.records[1].evidence_path) == ("", "")
     assert [r.outcome for r in records] == [Outcome.OK, Outcome.INFRA_ERROR, Outcome.OK]
     assert records[1].detail == "reset failed: state volume gone"
     assert records[1].duration_s == 0.0 and records[1].phases == {}
@@ -344,8 +465,8 @@ def test_a_failed_reset_is_an_infra_error_and_the_next_try_resets(rig):
 
 
 def test_failed_resets_count_toward_the_stop(rig):
-    with pytest.raises(InfraError, match="3 infrastructure errors in a row"):
-        _run(rig, {1: "infra", 2: "reset", 3: "infra"}, trials=range(1, 6))
+    with pytest.raises(InfraError, match="3 infrastructure errors in a row; last: state volume"):
+        _run(rig, {1: "infra", 2: "infra", 3: "reset"}, trials=range(1, 6))
     assert len(rig.store.trials("run-1")) == 3
 
 
