@@ -228,8 +228,7 @@ def derive(raw: pd.DataFrame) -> pd.DataFrame:
     for column in _INT_COLUMNS:
         df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
     df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce").astype(float)
-    if "privileged" in df.columns:
-        df["privileged"] = pd.to_numeric(df["privileged"], errors="coerce").astype("boolean")
+    df["privileged"] = pd.to_numeric(df["privileged"], errors="coerce").astype("boolean")
     df["started_at"] = pd.to_datetime(df["started_at"], utc=True, format="ISO8601")
     for column in _LIST_COLUMNS:
         df[column] = pd.Series([_as_list(v) for v in df[column]], index=df.index, dtype=object)

@@ -30,6 +30,7 @@ from repro_lib.results import (
     raw_rows,
     version_key,
 )
+from repro_lib.shard import plan_digest
 from repro_lib.store import SCHEMA_VERSION, Store
 
 from .factories import make_record
@@ -400,3 +401,251 @@ def test_merged_view_is_temporary(tmp_path):
         assert path.is_file()
         assert _sql(path, "SELECT count(*) FROM trials") == [(1,)]
     assert not path.exists() and not path.parent.exists()
+
+
+# load_results and derive: the finer points --------------------------------------
+def test_a_list_of_stores_takes_every_filter(tmp_path):
+    a = _store(
+        tmp_path / "a.sqlite",
+        make_record(1, sweep_id="s1", backend="engine"),
+        make_record(2, sweep_id="s1", version="v0.9.1"),
+        make_record(3, sweep_id="s2"),
+    )
+    b = _store(tmp_path / "b.sqlite", make_record(4, run_id="q", sweep_id="s1"))
+    assert load_results([a, b], sweep="s2")["trial"].tolist() == [3]
+    assert load_results([a, b], version="v0.9.1")["trial"].tolist() == [2]
+    assert load_results([a, b], backend="engine")["trial"].tolist() == [1]
+    assert load_results([a, b], run="q")["trial"].tolist() == [4]
+
+
+def test_load_results_leaves_an_old_store_as_it_was(tmp_path):
+    path = _store(tmp_path / "old.sqlite", make_record(1))
+    _sql(path, "ALTER TABLE trials DROP COLUMN security")
+    _sql(path, "PRAGMA user_version = 0")
+    before = _state(path)
+    assert load_results(path)["security"].isna().all()
+    assert _state(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.sqlite"]
+
+
+def test_derive_fills_coerces_and_keeps_the_index():
+    rows = [
+        make_record(1, cache_hits=1, privileged=True, duration_s=0.5).to_row(),
+        make_record(2, "missing_layer", cache_hits=0).to_row(),
+    ]
+    raw = pd.DataFrame(rows, index=[10, 20]).drop(columns=["security", "cell"])
+    raw["started_at"] = ["2024-05-01T10:00:00+00:00", "2024-05-01T12:00:00.250+02:00"]
+    raw["duration_s"] = ["0.5", "n/a"]
+    raw["cache_steps"] = ["3", "junk"]
+    df = derive(raw)
+    assert df.index.tolist() == [10, 20]
+    assert df["security"].isna().all() and df["security"].dtype == object
+    assert df["cell"].tolist()[0].startswith("backend=container/")
+    assert df["configuration"].tolist() == df["cell"].tolist()
+    assert df["version_label"].tolist() == ["v0.9.0", "v0.9.0"]
+    assert df["missing"].tolist() == [[], []]
+    assert str(df["started_at"].dt.tz) == "UTC"
+    assert df["started_at"][20] == pd.Timestamp("2024-05-01T10:00:00.250", tz="UTC")
+    assert df["duration_s"][10] == 0.5 and pd.isna(df["duration_s"][20])
+    assert df["cache_steps"][10] == 3 and pd.isna(df["cache_steps"][20])
+    assert str(df["cache_steps"].dtype) == "Int64"
+    assert df["privileged"].tolist() == [True, False] and str(df["privileged"].dtype) == "boolean"
+    assert df["cache_used"].tolist() == [True, False] and str(df["cache_used"].dtype) == "boolean"
+    assert df["failed"].dtype == bool and df["counted"].dtype == bool
+    assert df["failed"].tolist() == [False, True]
+
+
+def test_raw_rows_of_a_frame_that_was_never_derived_and_of_a_missing_start():
+    raw = pd.DataFrame([make_record(1).to_row()])
+    assert raw_rows(raw)["started_at"][0] == "2024-05-01T10:00:00+00:00"
+    df = derive(raw)
+    df.loc[0, "started_at"] = pd.NaT
+    assert raw_rows(df)["started_at"][0] == ""
+
+
+def test_version_keys_put_numbers_before_words():
+    assert version_key("v0.10") == ((1, "v"), (0, 0), (1, "."), (0, 10))
+    assert sorted(["b", "10", "a", "9"], key=version_key) == ["9", "10", "a", "b"]
+
+
+# merge: the finer points -----------------------------------------------------------
+def test_refusals_say_what_to_do(tmp_path):
+    out = _store(tmp_path / "out.sqlite", make_record(1))
+    hints = {}
+    for case, sources in {
+        "nothing": [],
+        "itself": [out],
+        "absent": [tmp_path / "absent.sqlite"],
+    }.items():
+        with pytest.raises(UsageError) as info:
+            merge_stores(out, sources)
+        hints[case] = info.value.hint
+    assert hints == {
+        "nothing": "name at least one store after OUT",
+        "itself": "name another output file",
+        "absent": "check the path of each store",
+    }
+
+
+@pytest.mark.parametrize(
+    "statement,hint",
+    [
+        ("DROP TABLE trials", "merge only stores written by repro-lib"),
+        (f"PRAGMA user_version = {SCHEMA_VERSION + 1}", "upgrade repro-lib to merge it"),
+        ('CREATE TABLE "odd-name" (a)', "rename or drop that table"),
+        ('ALTER TABLE batches ADD COLUMN "odd-col" TEXT', "rename it"),
+    ],
+)
+def test_each_refused_input_has_its_hint(tmp_path, statement, hint):
+    bad = _store(tmp_path / "bad.sqlite", make_record(1))
+    _sql(bad, statement)
+    with pytest.raises(UsageError) as info:
+        merge_stores(tmp_path / "out.sqlite", [bad])
+    assert info.value.hint == hint
+
+
+def test_a_damaged_out_or_input_is_named_in_the_refusal(tmp_path):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"junk" * 1000)
+    good = _store(tmp_path / "good.sqlite", make_record(1))
+    with pytest.raises(UsageError, match=f"^{junk} is not a readable results store") as info:
+        merge_stores(junk, [good])
+    assert info.value.hint == "check the file (an incomplete download or another kind of file?)"
+    no_trial = tmp_path / "no-trial.sqlite"
+    _sql(no_trial, "CREATE TABLE trials (run_id TEXT)")
+    with pytest.raises(UsageError) as info:
+        merge_stores(tmp_path / "out.sqlite", [no_trial])
+    assert info.value.hint == "merge only stores written by repro-lib"
+
+
+def test_conflicts_name_both_stores_and_at_most_two_differences(tmp_path):
+    a = _store(tmp_path / "a.sqlite", make_record(1, "ok", detail="x", host="h1"))
+    b = _store(tmp_path / "b.sqlite", make_record(1, "missing_layer", detail="y", host="h2"))
+    with pytest.raises(MergeConflict) as info:
+        merge_stores(tmp_path / "out.sqlite", [a, b])
+    assert str(info.value) == (
+        f"{a} and {b} both hold trial 1 of run r with different content "
+        "(outcome 'ok' vs 'missing_layer', detail 'x' vs 'y')"
+    )
+    assert (
+        info.value.hint == "they are different runs under one id: rerun one with its own --sweep-id"
+    )
+    ra = _store(tmp_path / "ra.sqlite", runs=[("r", {"tries": 2}, {"cell": "c"})])
+    rb = _store(tmp_path / "rb.sqlite", runs=[("r", {"tries": 3}, {"cell": "d"})])
+    with pytest.raises(MergeConflict) as info:
+        merge_stores(tmp_path / "out.sqlite", [ra, rb])
+    assert str(info.value) == f"{ra} and {rb} both hold run r with different cell, params"
+    assert (
+        info.value.hint == "they are different runs under one id: rerun one with its own --sweep-id"
+    )
+
+
+def test_sweep_conflicts_name_each_plan_where_it_ran(tmp_path):
+    plan = {"reset_freq": [1, 2], "tries": 2}
+    a = _store(tmp_path / "a.sqlite", sweeps=[("s", plan)])
+    b = _store(tmp_path / "b.sqlite", sweeps=[("s", {**plan, "tries": 3})])
+    with pytest.raises(MergeConflict) as info:
+        merge_stores(tmp_path / "out.sqlite", [a, b])
+    first, second = (plan_digest(p) for p in (plan, {**plan, "tries": 3}))
+    assert str(info.value) == (
+        f"sweep s ran different plans in {a} (plan {first}) and {b} (plan {second})"
+    )
+    assert info.value.hint.startswith("shards of one sweep must run one plan")
+    ta = _store(tmp_path / "ta.sqlite", runs=[_sweep_run("c1", "p1")])
+    tb = _store(tmp_path / "tb.sqlite", runs=[_sweep_run("c2", "p2")])
+    with pytest.raises(MergeConflict) as info:
+        merge_stores(tmp_path / "out2.sqlite", [ta, tb])
+    assert str(info.value) == f"sweep ci-7 ran different plans in {ta} (plan p1) and {tb} (plan p2)"
+    assert info.value.hint.startswith("shards of one sweep must run one plan")
+
+
+@pytest.mark.parametrize(
+    "first,second,status",
+    [("done", "done", "done"), ("failed", "interrupted", "failed"), ("done", "running", "running")],
+)
+def test_a_merged_sweep_keeps_its_worst_status(tmp_path, first, second, status):
+    a = _store(tmp_path / "a.sqlite", sweeps=[("s", {"tries": 2}, first)])
+    b = _store(tmp_path / "b.sqlite", sweeps=[("s", {"tries": 2}, second)])
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [a])
+    merge_stores(out, [b])
+    assert _sql(out, "SELECT status FROM sweeps") == [(status,)]
+
+
+def test_plans_are_checked_per_sweep_and_untagged_runs_are_skipped(tmp_path):
+    stores = [
+        _store(tmp_path / "plain.sqlite", runs=[("plain", {}, {})]),
+        _store(tmp_path / "untagged.sqlite", runs=[("u", {"tries": 2}, {"sweep_id": "ci-7"})]),
+        _store(tmp_path / "c1.sqlite", runs=[_sweep_run("c1", "p1")]),
+        _store(
+            tmp_path / "other.sqlite", runs=[("o", {}, {"sweep_id": "ci-8", "plan_digest": "p9"})]
+        ),
+        _store(tmp_path / "c2.sqlite", runs=[_sweep_run("c2", "p2")]),
+    ]
+    with pytest.raises(MergeConflict, match="sweep ci-7 ran different plans"):
+        merge_stores(tmp_path / "out.sqlite", stores)
+    merge_stores(tmp_path / "ok.sqlite", stores[:4])  # one plan per sweep: fine
+
+
+def test_finished_records_and_new_columns_of_a_run_are_merged(tmp_path):
+    old = _store(tmp_path / "old.sqlite", runs=[("r", {"tries": 2}, {"status": "done"})])
+    _sql(old, "UPDATE runs SET finished_at = '2024-05-02'")
+    _sql(old, "ALTER TABLE runs DROP COLUMN shard")
+    _sql(old, "ALTER TABLE runs DROP COLUMN plan_digest")
+    _sql(old, "PRAGMA user_version = 0")
+    new = _store(
+        tmp_path / "new.sqlite",
+        runs=[("r", {"tries": 2}, {"status": "failed", "shard": "1/2", "plan_digest": "p"})],
+    )
+    _sql(new, "UPDATE runs SET finished_at = '2024-05-01'")
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [old, new])
+    # the later finish stands; the column only the newer store has is taken from it
+    assert _sql(out, "SELECT status, finished_at, shard FROM runs") == [
+        ("done", "2024-05-02", "1/2")
+    ]
+    again = tmp_path / "again.sqlite"
+    merge_stores(again, [new, old])
+    assert _sql(again, "SELECT status, finished_at FROM runs") == [("done", "2024-05-02")]
+
+
+def test_a_run_finished_elsewhere_updates_out_even_with_no_new_trial(tmp_path):
+    running = _store(tmp_path / "a.sqlite", make_record(1), runs=[("r", {"tries": 1}, {})])
+    done = _store(
+        tmp_path / "b.sqlite", make_record(1), runs=[("r", {"tries": 1}, {"status": "done"})]
+    )
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [running])
+    result = merge_stores(out, [done])
+    assert result.trials_added == 0
+    assert _sql(out, "SELECT status FROM runs") == [("done",)]
+
+
+def test_provenance_digests_name_content_not_history(tmp_path):
+    a = _store(tmp_path / "a.sqlite", make_record(1, kernel="6.1"), make_record(2, kernel="6.2"))
+    b = _store(tmp_path / "b.sqlite", make_record(3))
+    copy = tmp_path / "copy.sqlite"
+    merge_stores(copy, [a])  # the same trials, now with a provenance table
+    out = tmp_path / "out.sqlite"
+    result = merge_stores(out, [a, b, copy])
+    assert [s.rows_added.get("trials", 0) for s in result.sources] == [2, 1, 0]
+    rows = _sql(out, "SELECT source, kernel FROM provenance ORDER BY source")
+    # a and its copy hold one content: one provenance row; b another
+    assert rows == [(str(a), "6.1, 6.2"), (str(b), None)]
+
+
+def test_a_store_without_a_runs_table_still_gets_provenance(tmp_path):
+    a = _store(tmp_path / "a.sqlite", make_record(1, engine_version="24.0"))
+    _sql(a, "DROP TABLE runs")
+    out = tmp_path / "out.sqlite"
+    assert [s.runs for s in merge_stores(out, [a]).sources] == [1]
+    assert _sql(out, "SELECT run_id, engine_version FROM provenance") == [("r", "24.0")]
+
+
+def test_added_columns_keep_their_declared_type(tmp_path):
+    a = _store(tmp_path / "a.sqlite", make_record(1))
+    _sql(a, "ALTER TABLE trials ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0")
+    out = _store(tmp_path / "out.sqlite", make_record(9))
+    merge_stores(out, [a])
+    types = {row[1]: row[2] for row in _sql(out, "PRAGMA table_info(trials)")}
+    assert types["gpus"] == "INTEGER"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +22,9 @@ from repro_lib.store import SCHEMA_VERSION, Store
 from .factories import make_record
 
 
-def _other(path) -> sqlite3.Connection:
-    return contextlib.closing(sqlite3.connect(path))
+def _other(path) -> contextlib.closing[sqlite3.Connection]:
+    """Another connection to the store's file, autocommitting like another process."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
 
 
 def _rows(path, sql: str, args: tuple = ()) -> list[tuple]:
@@ -83,7 +85,9 @@ def test_a_store_that_cannot_be_written_is_an_infra_error(store):
     store._db.execute("PRAGMA query_only = ON")  # as if the disk had gone read-only
     with pytest.raises(InfraError, match="cannot record trial 2 of r") as info:
         store.append(make_record(2))
-    assert "resume to finish" in info.value.hint
+    assert info.value.hint == (
+        "free space or make data/ writable; recorded trials are safe, resume to finish"
+    )
     with pytest.raises(InfraError):
         store.append_once(make_record(2))
 
@@ -187,3 +191,112 @@ def test_dataframe_filters_and_orders(store):
     failed = store.dataframe("outcome = ?", ["missing_layer"])
     assert failed["trial"].tolist() == [3]
     assert json.loads(failed["missing"][0]) == []
+
+
+# reading without changing, and upgrading what is written ---------------------------
+def test_read_only_on_a_store_nobody_writes_opens_it_immutable(tmp_path):
+    path = tmp_path / "trials.sqlite"
+    with Store(path) as st:
+        st.append(make_record(1, missing=["repro.txt"]))
+    with Store(path, read_only=True) as ro:
+        assert ro.read_only is True
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["trials.sqlite"]  # no -wal/-shm
+        assert ro.trials("r")[0].missing == ["repro.txt"]
+
+
+def test_read_only_on_a_live_store_sees_its_latest_trial_and_cannot_write(tmp_path):
+    path = tmp_path / "trials.sqlite"
+    with Store(path) as writer:
+        writer.append(make_record(1))
+        assert (tmp_path / "trials.sqlite-wal").exists()  # the row is still in the WAL
+        with Store(path, read_only=True) as ro:
+            assert ro.trial_numbers("r") == {1}
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                ro._db.execute("DELETE FROM trials")
+
+
+def test_an_empty_file_becomes_a_new_store_and_an_old_one_keeps_its_version(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    Store(empty).close()
+    assert _rows(empty, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    old = tmp_path / "old.sqlite"
+    Store(old).close()
+    with _other(old) as db:
+        db.execute("PRAGMA user_version = 0")
+        db.execute("ALTER TABLE trials DROP COLUMN attempt")
+        db.execute("ALTER TABLE trials DROP COLUMN security")
+    with Store(old) as st:  # written by an older version: it gains the columns, as NULL
+        st.append(make_record(1, attempt=3, security={"privileged": True}))
+    types = {row[1]: row[2] for row in _rows(old, "PRAGMA table_info(trials)")}
+    assert (types["attempt"], types["security"], types["trial"]) == ("INTEGER", "TEXT", "INTEGER")
+    assert _rows(old, "PRAGMA user_version") == [(0,)]  # opening is not a schema upgrade
+    assert Store(old, read_only=True).trials("r")[0].attempt == 3
+
+
+def test_tagging_a_run_upgrades_an_old_runs_table(tmp_path):
+    path = tmp_path / "old.sqlite"
+    Store(path).close()
+    with _other(path) as db:
+        db.execute("ALTER TABLE runs DROP COLUMN shard")
+        db.execute("ALTER TABLE runs DROP COLUMN plan_digest")
+        db.execute("PRAGMA user_version = 0")
+    with Store(path) as st:
+        st.start_run("r", {})
+        assert st.run("r").get("shard", "absent") == "absent"
+        st.tag_run("r", shard="2/3", plan_digest="abc")
+        assert (st.run("r")["shard"], st.run("r")["plan_digest"]) == ("2/3", "abc")
+    assert _rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def test_parameters_that_are_not_json_are_kept_as_text(store):
+    store.start_run("r", {"dir": Path("/data/x")})
+    store.finish_run("r", "done", {"out": Path("/data/y")})
+    store.start_sweep("s", {"root": Path("/data")})
+    assert store.run("r")["params"] == {"dir": "/data/x"}
+    assert store.run("r")["summary"] == {"out": "/data/y"}
+    assert store.sweep("s")["plan"] == {"root": "/data"}
+    assert store.sweep("s")["status"] == "running"
+    store.finish_run("r", "done", {})
+    assert store.run("r")["summary"] is None
+
+
+def test_cache_facts_that_cannot_be_written_are_an_infra_error(store):
+    store._db.execute("PRAGMA query_only = ON")
+    with pytest.raises(InfraError, match="cannot record the cache facts of r in ") as info:
+        store.record_batch(CacheFacts("r", "registry", "v0.9.1", "reg/x"))
+    assert info.value.hint == "free space or make data/ writable"
+
+
+def test_a_read_only_store_from_before_batches_has_none(tmp_path):
+    path = tmp_path / "old.sqlite"
+    Store(path).close()
+    with _other(path) as db:
+        db.execute("DROP TABLE batches")
+    with Store(path, read_only=True) as ro:
+        assert ro.batch("r") is None
+        frame = ro.batches_frame()
+    assert frame.empty
+    assert list(frame.columns) == [
+        "run_id",
+        "status",
+        "manifest_digest",
+        "layer_count",
+        "empty_layers",
+    ]
+
+
+def test_errors_say_what_to_do(tmp_path):
+    with pytest.raises(UsageError) as info:
+        Store(tmp_path / "absent.sqlite", read_only=True)
+    assert info.value.hint == "pass --store"
+    (tmp_path / "junk.sqlite").write_bytes(b"junk" * 1000)
+    with pytest.raises(UsageError) as info:
+        Store(tmp_path / "junk.sqlite")
+    assert info.value.hint == "point --store at a valid file or move the corrupt one away"
+    (tmp_path / "data").write_text("a file where a directory should be")
+    with pytest.raises(
+        UsageError, match="^cannot create results store .*data/trials.sqlite"
+    ) as info:
+        Store(tmp_path / "data" / "trials.sqlite")
+    assert info.value.hint == "check that data/ is writable"
