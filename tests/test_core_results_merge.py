@@ -118,7 +118,9 @@ def test_the_store_named_by_the_environment_is_read(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRO_LIB_HOME", str(tmp_path))
     with pytest.raises(UsageError, match="no results store at") as info:
         load_results()
-    assert "repro-lib reproduce" in info.value.hint
+    assert info.value.hint == (
+        "record some trials first (repro-lib reproduce …) or pass the path of an existing store"
+    )
     _store(Paths(tmp_path).store, make_record(1))
     assert len(load_results()) == 1
 
@@ -322,7 +324,7 @@ def test_an_input_that_is_not_a_store_is_refused_and_out_is_untouched(tmp_path, 
 
 def test_nothing_to_merge_and_out_itself_are_refused(tmp_path):
     out = _store(tmp_path / "out.sqlite", make_record(1))
-    with pytest.raises(UsageError, match="nothing to merge"):
+    with pytest.raises(UsageError, match="^nothing to merge$"):
         merge_stores(out, [])
     with pytest.raises(UsageError, match="is OUT itself"):
         merge_stores(out, [tmp_path / "." / "out.sqlite"])
@@ -649,3 +651,68 @@ def test_added_columns_keep_their_declared_type(tmp_path):
     merge_stores(out, [a])
     types = {row[1]: row[2] for row in _sql(out, "PRAGMA table_info(trials)")}
     assert types["gpus"] == "INTEGER"
+
+
+def test_a_live_store_is_merged_with_the_trials_still_in_its_wal(tmp_path):
+    out = tmp_path / "out.sqlite"
+    with Store(tmp_path / "live.sqlite") as live:
+        live.append(make_record(1))
+        assert (tmp_path / "live.sqlite-wal").exists()
+        merge_stores(out, [live.path])
+    assert _sql(out, "SELECT trial FROM trials") == [(1,)]
+
+
+def test_digests_tell_contents_apart_whatever_the_column_order(tmp_path):
+    a = _store(tmp_path / "a.sqlite", make_record(1), make_record(2))
+    other = _store(tmp_path / "other.sqlite", make_record(5), make_record(6))
+    # the same rows as a, in a store whose security column came later (an upgraded store)
+    moved = _store(tmp_path / "moved.sqlite", make_record(1), make_record(2))
+    _sql(moved, "ALTER TABLE trials DROP COLUMN security")
+    _sql(moved, "ALTER TABLE trials ADD COLUMN security TEXT")
+    _sql(moved, "UPDATE trials SET security = '{}'")
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [a, other, moved])
+    assert _sql(out, "SELECT source FROM provenance ORDER BY source") == [(str(a),), (str(other),)]
+
+
+def test_a_later_conflict_names_the_store_the_first_record_came_from(tmp_path):
+    plan = {"tries": 2}
+    a = _store(tmp_path / "a.sqlite", runs=[("r", plan, {})], sweeps=[("s", plan)])
+    done = _store(
+        tmp_path / "done.sqlite",
+        runs=[("r", plan, {"status": "done"})],
+        sweeps=[("s", plan, "done")],
+    )
+    odd_run = _store(tmp_path / "odd.sqlite", runs=[("r", {"tries": 3}, {})])
+    with pytest.raises(MergeConflict, match=f"^{a} and {odd_run} both hold run r"):
+        merge_stores(tmp_path / "out.sqlite", [a, done, odd_run])
+    odd_sweep = _store(tmp_path / "odd-sweep.sqlite", sweeps=[("s", {"tries": 3})])
+    with pytest.raises(MergeConflict, match=f"^sweep s ran different plans in {a} "):
+        merge_stores(tmp_path / "out.sqlite", [a, done, odd_sweep])
+
+
+def test_a_failed_write_leaves_out_as_it_was(tmp_path):
+    out = _store(tmp_path / "out.sqlite", make_record(1))
+    _sql(out, "CREATE TRIGGER refuse BEFORE INSERT ON trials BEGIN SELECT RAISE(ABORT, 'no'); END")
+    before = _state(out)
+    source = _store(tmp_path / "s.sqlite", make_record(2), runs=[("r", {}, {})])
+    with pytest.raises(sqlite3.IntegrityError, match="no"):
+        merge_stores(out, [source])
+    assert _state(out) == before
+    assert _sql(out, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_untyped_columns_stay_untyped_and_engines_are_listed(tmp_path):
+    a = _store(
+        tmp_path / "a.sqlite",
+        make_record(1, engine_version="24.0"),
+        make_record(2, engine_version="25.0"),
+    )
+    _sql(a, "ALTER TABLE trials ADD COLUMN note")
+    out = _store(tmp_path / "out.sqlite", make_record(9, run_id="q"))
+    merge_stores(out, [a])
+    types = {row[1]: row[2] for row in _sql(out, "PRAGMA table_info(trials)")}
+    assert types["note"] == ""
+    assert _sql(out, "SELECT engine_version FROM provenance WHERE run_id = 'r'") == [
+        ("24.0, 25.0",)
+    ]
