@@ -683,6 +683,7 @@ def test_a_later_conflict_names_the_store_the_first_record_came_from(tmp_path):
         runs=[("r", plan, {"status": "done"})],
         sweeps=[("s", plan, "done")],
     )
+    _sql(done, "UPDATE sweeps SET started_at = '2000-01-01T00:00:00+00:00'")  # merged differs
     odd_run = _store(tmp_path / "odd.sqlite", runs=[("r", {"tries": 3}, {})])
     with pytest.raises(MergeConflict, match=f"^{a} and {odd_run} both hold run r"):
         merge_stores(tmp_path / "out.sqlite", [a, done, odd_run])
