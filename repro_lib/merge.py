@@ -237,7 +237,6 @@ class _Plan:
     """What OUT will hold: its own rows plus what each source adds."""
 
     def __init__(self, base: _Source) -> None:
-        self.base = base
         self.columns: dict[str, dict[str, str]] = {
             n: dict(t.columns) for n, t in base.tables.items()
         }
@@ -261,7 +260,7 @@ class _Plan:
                 self.columns[name].setdefault(column, sql_type)
             before = len(self.new.get(name, []))
             for row in table.rows:
-                present = self._add_row(name, table, row, src)
+                present = self._add_row(name, row, src)
                 if name == "trials":
                     result.trials_added += not present
                     result.trials_present += present
@@ -269,7 +268,7 @@ class _Plan:
         result.runs = self._provenance(src)
         return result
 
-    def _add_row(self, name: str, table: _Table, row: dict[str, Any], src: _Source) -> bool:
+    def _add_row(self, name: str, row: dict[str, Any], src: _Source) -> bool:
         """Record ``row`` as new, or check it against the row already there (True)."""
         key = tuple(row.get(c) for c in self.keys[name])
         seen = self.rows[name].get(key)
@@ -424,9 +423,8 @@ class _Plan:
                 for name, columns in self.columns.items():
                     have = {r[1] for r in db.execute(f'PRAGMA table_info("{name}")')}
                     for column, sql_type in columns.items():
-                        if column not in have:
-                            clean = re.sub(r"(?i)\b(NOT NULL|PRIMARY KEY|UNIQUE)\b", "", sql_type)
-                            db.execute(f'ALTER TABLE "{name}" ADD COLUMN "{column}" {clean}')
+                        if column not in have:  # a declared type: constraints are not part of it
+                            db.execute(f'ALTER TABLE "{name}" ADD COLUMN "{column}" {sql_type}')
                 for name, rows in self.new.items():
                     for row in rows:
                         cols = ", ".join(f'"{c}"' for c in row)

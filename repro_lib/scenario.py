@@ -9,6 +9,7 @@ context. The reference scenario (the public reproduction) is built in.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from .errors import UsageError
 
 EXPECTED_FILE = "expected.txt"
 REFERENCE = "reference"
+#: a leading ``./`` or ``/`` of an expected path; a leading dot belongs to the name (``.bashrc``)
+_LEADING_ROOT = re.compile(r"^(?:\./|/)+")
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def load_scenario(path: str | Path | None = None, *, base_image: str | None = No
             hint="list one expected path per line, e.g. repro.txt",
         )
     expected = tuple(
-        line.strip().lstrip("./").lstrip("/") if line.strip() != "/" else "/"
+        _LEADING_ROOT.sub("", line.strip()) if line.strip() != "/" else "/"
         for line in expected_path.read_text().splitlines()
         if line.strip() and not line.strip().startswith("#")
     )
