@@ -310,7 +310,7 @@ def reap_dead_run_dirs(paths: Paths) -> list[Path]:
             data = json.loads(owner.read_text())
         except (OSError, ValueError):
             data = {}
-        if lab._owner_alive(
+        if lab.owner_alive(
             {
                 lab.OWNER_PID_LABEL: str(data.get("pid", "")),
                 lab.OWNER_HOST_LABEL: data.get("host", ""),
