@@ -41,10 +41,11 @@ import pandas as pd
 
 from . import stats
 from .config import Paths
+from .plan import Plan
 from .records import evidence
 from .results import derive
 from .store import Store
-from .sweep import Plan, run_sweep
+from .sweep import run_sweep
 
 MIN_BATCHES = 3  # replicate batches per configuration, so a rate check can test agreement
 PHASES = (

@@ -541,7 +541,7 @@ def _csv(value: str | None) -> list[str] | None:
 
 def _sweep_plan(kwargs: dict[str, Any], plan_file: str | None, axes: dict[str, Any]):
     from .batch import BatchOptions
-    from .sweep import load_plan, validate_plan
+    from .plan import load_plan, validate_plan
 
     defaults = BatchOptions()
     batch = {
@@ -714,7 +714,7 @@ def sweep(
     layer, 1 a missing layer was seen, 2 usage or environment error, 130 interrupted.
     """
     from .config import Paths
-    from .shard import check_sweep_id, parse_shard, shard_cells, shard_to_resume, sweep_id_for
+    from .plan import check_sweep_id, parse_shard, shard_cells, shard_to_resume, sweep_id_for
     from .store import Store
     from .sweep import resume_plan, run_sweep
     from .testsh_env import set_names

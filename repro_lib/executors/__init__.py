@@ -28,9 +28,9 @@ from ..records import TrialRecord
 if TYPE_CHECKING:
     from ..batch import BatchSummary, LabSession
     from ..config import Paths
+    from ..plan import Cell, Plan
     from ..progress import SweepProgress
     from ..store import Store
-    from ..sweep import Cell, Plan
 
 StopRule = Callable[[list[Any]], Any]
 
