@@ -506,13 +506,26 @@ def engine_status(name: str) -> None:
     "out_dir",
     default=None,
     type=click.Path(file_okay=False),
-    help="Directory for report.md, the PNG figures and trials.csv (default: reports/<sweep|run|all>).",
+    help="Directory for report.md, the PNG figures and the trials file (default: reports/<sweep|run|all>).",
 )
 @click.option(
     "--command",
     "command",
     default=None,
     help="The command line to show as the way to reproduce the data.",
+)
+@click.option(
+    "--github",
+    is_flag=True,
+    help="Also write comment.md (fits one GitHub issue comment: verdicts, Mermaid charts, "
+    "the rest collapsed) and findings.zip (report, figures, trials, evidence; under 25 MB).",
+)
+@click.option(
+    "--evidence",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="With --github: the most failure evidence bundles in findings.zip.",
 )
 @handle_errors
 def report(
@@ -521,8 +534,13 @@ def report(
     run_id: str | None,
     out_dir: str | None,
     command: str | None,
+    github: bool,
+    evidence: int,
 ) -> None:
-    """Write a Markdown report (plus PNG plots and the raw trials as CSV) for an issue comment."""
+    """Write a Markdown report (plus PNG plots and the raw trials) for an issue comment.
+
+    The raw trials are trials.csv, or trials.parquet above 50,000 trials.
+    """
     from pathlib import Path
 
     from .config import Paths
@@ -531,8 +549,13 @@ def report(
     paths = Paths.from_env()
     store = Path(store_path) if store_path else paths.store
     out = Path(out_dir) if out_dir else paths.reports / (sweep_id or run_id or "all")
-    written = write_report(store, out, sweep=sweep_id, run=run_id, command=command)
+    written = write_report(
+        store, out, sweep=sweep_id, run=run_id, command=command, github=github, evidence=evidence
+    )
     click.echo(str(written))
+    if github:
+        click.echo(str(out / "comment.md"))
+        click.echo(str(out / "findings.zip"))
 
 
 def _csv(value: str | None) -> list[str] | None:

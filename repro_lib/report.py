@@ -22,7 +22,14 @@ import pandas as pd
 
 from . import plots, stats
 from .config import Paths
-from .results import derive, filter_results, load_results, raw_rows, version_key
+from .results import (
+    ANALYSIS_COLUMNS,
+    derive,
+    filter_results,
+    load_results,
+    version_key,
+    write_trials,
+)
 from .stats import (
     CLEAN_BOUND_ASSUMES,
     batch_heterogeneity,
@@ -72,6 +79,8 @@ def write_report(
     sweep: str | None = None,
     run: str | None = None,
     command: str | None = None,
+    github: bool = False,
+    evidence: int = 3,
 ) -> Path:
     """Write ``report.md``, its PNG figures and ``trials.csv`` into ``out_dir``.
 
@@ -90,6 +99,11 @@ def write_report(
     command : str, optional
         The command that reproduces the data; by default derived from the
         stored runs' parameters (see ``default_command``).
+    github : bool, default False
+        Also write ``comment.md`` (one GitHub issue comment, at most 65,536
+        characters) and ``findings.zip`` beside the report; see ``repro_lib.comment``.
+    evidence : int, default 3
+        With ``github``: the most failure evidence bundles put in ``findings.zip``.
 
     Returns
     -------
@@ -106,8 +120,17 @@ def write_report(
 
         label = ", ".join(f"`{Path(p).name}`" for p in store_or_df)
         with merged_view(store_or_df) as merged:
-            return _write(merged, out_dir, sweep, run, command, label=f"the merged stores {label}")
-    return _write(store_or_df, out_dir, sweep, run, command)
+            return _write(
+                merged,
+                out_dir,
+                sweep,
+                run,
+                command,
+                label=f"the merged stores {label}",
+                github=github,
+                evidence=evidence,
+            )
+    return _write(store_or_df, out_dir, sweep, run, command, github=github, evidence=evidence)
 
 
 def _write(
@@ -118,6 +141,8 @@ def _write(
     command: str | None,
     *,
     label: str | None = None,
+    github: bool = False,
+    evidence: int = 3,
 ) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,7 +156,7 @@ def _write(
             df = derive(df)
         df = filter_results(df, sweep=sweep, run=run).reset_index(drop=True)
     else:
-        df = load_results(store_or_df, sweep=sweep, run=run)
+        df = load_results(store_or_df, sweep=sweep, run=run, columns=ANALYSIS_COLUMNS)
         if isinstance(store_or_df, Store):
             runs, source = _runs(store_or_df, df, sweep, run), f"`{store_or_df.path.name}`"
             batches = _batches(store_or_df, df)
@@ -145,11 +170,20 @@ def _write(
         command = default_command(runs)
     source = label or source
 
-    raw_rows(df).to_csv(out / "trials.csv", index=False)
+    trials = write_trials(
+        df if isinstance(store_or_df, pd.DataFrame) else store_or_df, out, sweep=sweep, run=run
+    )
     text = _render(df, out, sweep=sweep, run=run, command=command, runs=runs, source=source)
     text = text.rstrip("\n") + "\n" + "\n".join(_what_was_lost(df, batches, run_dirs)) + "\n"
     report = out / "report.md"
     report.write_text(text, encoding="utf-8")
+    if github:
+        from .comment import write_github
+
+        scope = (
+            f"sweep `{sweep}`" if sweep else f"run `{run}`" if run else f"all trials in {source}"
+        )
+        write_github(out, df, scope=scope, trials_file=trials, runs_dir=run_dirs, evidence=evidence)
     return report
 
 

@@ -25,6 +25,23 @@ cell : str
     ``backend=…/version=…/cache=…/reset=K/mode=…`` where ``version`` is the
     ``version_label`` above and ``cache`` the cache type.
 
+How a store is read
+-------------------
+A store of a million trials must load in seconds, so nothing here touches one
+row at a time in Python. The filters (``sweep``, ``run``, ``version``,
+``backend``, ``include_no_cache``) are SQL, so memory follows the selection.
+The rows come out of SQLite as Arrow columns (the ADBC SQLite driver), in
+``started_at, run_id, trial`` order (SQLite sorts the keys, not whole rows). A
+typed first row fixes each column's type for the driver, so a column whose
+first rows are NULL reads as its type; a store holding a stray value of another
+type is read again with every value cast in SQL. String columns are pandas ``str``: Arrow-backed for those analyses group
+and filter by, and for descriptive ones with few distinct values (``image``,
+``detail``, ``security``, …) one Python string per distinct value shared by its
+rows, a tenth of the memory; integer columns nullable ``Int64``; the four list columns (``missing``, ``layer_digests``,
+``lost_steps``, ``lost_digests``) Arrow lists of strings, whose values read
+back as Python lists. Derived columns are computed once per distinct value
+(a store has a few dozen cells and versions, not a million) and spread back.
+
 ``default_store`` names the store an analysis reads when none is given: the
 project's own store once it exists, else the small sample store shipped with
 the project (``load_results(None)`` itself always means the project's store).
@@ -34,13 +51,18 @@ the project (``load_results(None)`` itself always means the project's store).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .config import Paths
 from .errors import UsageError
@@ -68,6 +90,8 @@ _INT_COLUMNS = (
     "cpus",
     "attempt",
 )
+_REAL_COLUMNS = ("duration_s",)
+_BOOL_COLUMNS = ("privileged",)  # stored as 0/1
 _REPLICATE = re.compile(r"/rep=\d+$")
 _LIST_COLUMNS = ("missing", "layer_digests", "lost_steps", "lost_digests")
 #: columns of the ``batches`` table joined to every trial of its run
@@ -77,6 +101,69 @@ BATCH_COLUMNS = {
     "layer_count": "cache_layer_count",
     "empty_layers": "cache_empty_layers",
 }
+_BATCH_INT_COLUMNS = ("layer_count", "empty_layers")
+#: stored columns the derived ones are computed from (always read)
+DERIVE_INPUTS = (
+    "run_id",
+    "trial",
+    "started_at",
+    "outcome",
+    "cache_hits",
+    "version",
+    "cache_version",
+    "cell",
+    "backend",
+    "cache_type",
+    "reset_freq",
+    "mode",
+)
+#: stored columns no analysis reads (per-try JSON blobs, paths, bookkeeping): a report
+#: leaves them out of memory (they are half of it) and writes them only to the trials file;
+#: every column is narrower work for each group an analysis slices
+UNANALYSED_COLUMNS = (
+    "phases",
+    "security",
+    "log_path",
+    "layer_digests",
+    "lost_digests",
+    "missing",
+    "buildkit_version",
+    "buildctl_via",
+    "privileged",
+    "cache_pulled",
+    "cache_steps",
+    "layers",
+    "attempt",
+)
+ANALYSIS_COLUMNS: tuple[str, ...] = tuple(c for c in TRIAL_COLUMNS if c not in UNANALYSED_COLUMNS)
+_ORDER = ("started_at", "run_id", "trial")  # the order trials are returned in
+_BATCH_ROWS = 8192  # rows per Arrow batch the driver returns
+_STR = pd.StringDtype("pyarrow", na_value=np.nan)  # pandas' default ``str``
+_SHARED_STR = pd.StringDtype("python", na_value=np.nan)  # ``str`` too, held as Python strings
+#: descriptive text columns with few distinct values that no analysis groups or filters a
+#: million rows by: held as shared Python strings (see ``_Fetched``); the columns
+#: analyses group by stay Arrow strings, whose comparisons and factorising are several
+#: times faster
+_SHARED_TEXT = frozenset(
+    {
+        "image",
+        "cache_image",
+        "scenario",
+        "engine_version",
+        "kernel",
+        "package_version",
+        "detail",
+        "log_path",
+        "buildkit_version",
+        "security",
+        "lost_reference",
+        "evidence_path",
+        "buildctl_via",
+        "cache_facts",
+        "cache_manifest_digest",
+    }
+)
+_TO_PANDAS = {pa.string(): _STR, pa.large_string(): _STR, pa.int64(): pd.Int64Dtype()}.get
 
 
 def default_store(paths: Paths | None = None) -> Path:
@@ -124,6 +211,7 @@ def load_results(
     version: str | Iterable[str] | None = None,
     backend: str | Iterable[str] | None = None,
     include_no_cache: bool = True,
+    columns: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Read trials from a results store, filtered, with derived columns.
 
@@ -138,22 +226,30 @@ def load_results(
         merge``, so a trial is never counted twice.
     sweep, run, version, backend : str or list of str, optional
         Keep only rows whose ``sweep_id`` / ``run_id`` / ``version`` /
-        ``backend`` is one of the given values.
+        ``backend`` is one of the given values (selected in SQL: only the
+        selected rows are read).
     include_no_cache : bool, default True
         When False, drop tries known not to have used the imported cache
         (``cache_used`` is False); tries whose cache use is unknown are kept.
+    columns : iterable of str, optional
+        Read only these stored (or batch) columns, plus those the derived
+        columns need (``DERIVE_INPUTS``); the others are absent from the
+        result. By default every column is read. An analysis that never looks
+        at, say, ``phases`` or ``security`` saves a third of the memory.
 
     Returns
     -------
     pandas.DataFrame
-        One row per trial with the columns in ``RESULT_COLUMNS``; empty (with
-        every column) when the store holds no matching trial.
+        One row per trial, ordered by ``started_at``, ``run_id``, ``trial``,
+        with the columns in ``RESULT_COLUMNS`` (those read, with ``columns``)
+        followed by the batch facts and ``configuration``; empty (with every
+        column) when the store holds no matching trial.
 
     Raises
     ------
     UsageError
-        The store file does not exist or cannot be read, or (for a list) two
-        stores disagree about one trial.
+        The store file does not exist or cannot be read, a column asked for
+        is unknown, or (for a list) two stores disagree about one trial.
     """
     if isinstance(store, (list, tuple)):
         from .merge import merged_view
@@ -166,30 +262,372 @@ def load_results(
                 version=version,
                 backend=backend,
                 include_no_cache=include_no_cache,
+                columns=columns,
             )
+    path = _store_path(store)
+    selection = Selection(sweep=sweep, run=run, version=version, backend=backend)
+    with _TrialsQuery.open(path) as query:
+        wanted = query.resolve_columns(columns)
+        raw = query.frame(wanted, selection, include_no_cache=include_no_cache)
+    return _derive(raw, complete=columns is None).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which trials to read: each given filter keeps the rows whose column is one of its values."""
+
+    sweep: str | Iterable[str] | None = None
+    run: str | Iterable[str] | None = None
+    version: str | Iterable[str] | None = None
+    backend: str | Iterable[str] | None = None
+
+    def items(self) -> Iterator[tuple[str, list[str]]]:
+        for column, wanted in (
+            ("sweep_id", self.sweep),
+            ("run_id", self.run),
+            ("version", self.version),
+            ("backend", self.backend),
+        ):
+            if wanted is not None:
+                yield column, [wanted] if isinstance(wanted, str) else list(wanted)
+
+
+def _store_path(store: str | Path | Store | None) -> Path:
     if isinstance(store, Store):
-        raw = _with_batches(store.dataframe(), store.batches_frame())
-    else:
-        path = Path(store) if store is not None else Paths.from_env().store
-        if not path.is_file():
+        return store.path
+    path = Path(store) if store is not None else Paths.from_env().store
+    if not path.is_file():
+        raise UsageError(
+            f"no results store at {path}",
+            hint="record some trials first (repro-lib reproduce …) or pass the path of an existing store",
+        )
+    return path
+
+
+class _TrialsQuery:
+    """SQL over one store's ``trials`` (joined to ``batches``), read as Arrow.
+
+    Every column is cast to one type in SQL and a typed first row is put before
+    the data, because the ADBC SQLite driver takes each column's type from the
+    first rows it sees and refuses a value of another type later.
+    """
+
+    def __init__(self, path: Path, connection: Any) -> None:
+        self.path = path
+        self._db = connection
+        self.stored = self._declared("trials")
+        if not self.stored:
             raise UsageError(
-                f"no results store at {path}",
-                hint="record some trials first (repro-lib reproduce …) or pass the path of an existing store",
+                f"{path} is not a results store (it has no trials table)",
+                hint="pass a store written by repro-lib",
             )
-        with Store(path, read_only=True) as opened:
-            raw = _with_batches(opened.dataframe(), opened.batches_frame())
-    df = derive(raw)
-    df = filter_results(df, sweep=sweep, run=run, version=version, backend=backend)
-    if not include_no_cache:
-        df = df[df["cache_used"].ne(False).fillna(True).astype(bool)]
-    return df.reset_index(drop=True)
+        self.batches = self._declared("batches")
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, path: Path) -> Iterator[_TrialsQuery]:
+        import adbc_driver_sqlite.dbapi
+
+        # a store nobody writes has no -wal file: read it immutable (nothing is
+        # written beside it); a live one is read as it is
+        mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+        try:
+            db = adbc_driver_sqlite.dbapi.connect(f"{path.resolve().as_uri()}?{mode}")
+        except Exception as exc:  # the driver raises its own DB-API errors
+            raise UsageError(
+                f"cannot open results store {path}: {exc}", hint="pass --store"
+            ) from None
+        try:
+            yield cls(path, db)
+        finally:
+            db.close()
+
+    def _declared(self, table: str) -> dict[str, str]:
+        """Column -> declared type of ``table`` (empty when there is no such table)."""
+        try:
+            with contextlib.closing(self._db.cursor()) as cur:
+                cur.execute(f"PRAGMA table_info({table})")
+                return {row[1]: str(row[2] or "").upper() for row in cur.fetchall()}
+        except Exception as exc:
+            raise UsageError(
+                f"cannot read results store {self.path}: {exc}",
+                hint="point --store at a valid file or move the corrupt one away",
+            ) from None
+
+    def resolve_columns(self, columns: Iterable[str] | None) -> list[str]:
+        """The trial and batch-fact columns to read, in result order."""
+        extras = [c for c in self.stored if c not in TRIAL_COLUMNS]
+        every = [*TRIAL_COLUMNS, *extras, *BATCH_COLUMNS.values()]
+        if columns is None:
+            return every
+        asked = set(columns)
+        unknown = sorted(asked - set(every) - set(DERIVED_COLUMNS) - {"configuration"})
+        if unknown:
+            raise UsageError(
+                f"unknown column(s) {', '.join(unknown)} in {self.path}",
+                hint="ask for stored trial columns (repro_lib.records.TRIAL_COLUMNS)",
+            )
+        return [c for c in every if c in asked or c in DERIVE_INPUTS]
+
+    def _kind(self, column: str) -> str:
+        """``integer``, ``real`` or ``text``: the type a column is read as."""
+        if column in _INT_COLUMNS or column in _BOOL_COLUMNS:
+            return "integer"
+        if column in _REAL_COLUMNS:
+            return "real"
+        if column in BATCH_COLUMNS.values():
+            source = next(k for k, v in BATCH_COLUMNS.items() if v == column)
+            return "integer" if source in _BATCH_INT_COLUMNS else "text"
+        declared = self.stored.get(column, "")  # a newer column goes by its declared type
+        return (
+            "integer"
+            if "INT" in declared
+            else "real"
+            if declared in ("REAL", "FLOAT", "DOUBLE")
+            else "text"
+        )
+
+    def _source(self, column: str) -> str:
+        """The SQL giving ``column`` (NULL when this store lacks it)."""
+        if column in BATCH_COLUMNS.values():
+            source = next(k for k, v in BATCH_COLUMNS.items() if v == column)
+            return f"b.{source}" if source in self.batches and "run_id" in self.batches else "NULL"
+        return f"t.{column}" if column in self.stored else "NULL"
+
+    def _typed(self, column: str) -> str:
+        source, kind = self._source(column), self._kind(column)
+        if source == "NULL":
+            return "NULL"
+        if kind == "integer":  # text that is no number reads as missing, as pd.to_numeric did
+            return (
+                f"CASE typeof({source}) WHEN 'integer' THEN {source} "
+                f"WHEN 'real' THEN CAST({source} AS INTEGER) END"
+            )
+        if kind == "real":
+            return (
+                f"CASE WHEN typeof({source}) IN ('integer', 'real') THEN CAST({source} AS REAL) END"
+            )
+        return f"CAST({source} AS TEXT)"
+
+    def sql(
+        self,
+        columns: Sequence[str],
+        selection: Selection,
+        *,
+        include_no_cache: bool = True,
+        typed: bool = False,
+        sort: str = "keys",
+    ) -> tuple[str, list[Any]]:
+        """The query for ``columns`` of the selected trials in trial order, after a typed
+        first row (``_first = 0``) that fixes each column's type for the driver.
+
+        With ``typed`` every value is cast to its column's type in SQL: slower, but a
+        stray value of another type (which the driver refuses) reads as missing or text.
+        ``sort="keys"`` sorts only the keys and row ids, then fetches each row by its
+        id (a fraction of the work of sorting whole rows); SQL does not promise that
+        the rows come out in that order, so ``fetch`` checks it. ``sort="rows"`` has
+        SQLite sort the whole rows; ``sort="none"`` leaves them in the order they are
+        stored.
+        """
+        first = {"integer": "0", "real": "0.0", "text": "''"}
+        typed_row = ", ".join(f"{first[self._kind(c)]} AS {c}" for c in columns)
+        rows = ", ".join(f"{self._typed(c) if typed else self._source(c)} AS {c}" for c in columns)
+        join = (
+            " LEFT JOIN batches b ON b.run_id = t.run_id"
+            if "run_id" in self.batches and any(c in BATCH_COLUMNS.values() for c in columns)
+            else ""
+        )
+        clause, args = self._where(selection, include_no_cache=include_no_cache)
+        keys = [c for c in _ORDER if c in self.stored]
+        if sort == "keys":
+            ordered = (
+                f"(SELECT t.rowid AS _row FROM trials t{clause} "
+                f"ORDER BY {', '.join(f't.{k}' for k in keys)} LIMIT -1) o "
+                "CROSS JOIN trials t ON t.rowid = o._row"
+            )
+            body = f"SELECT 1, {rows} FROM {ordered}{join}"
+        elif sort == "none":
+            body = f"SELECT 1, {rows} FROM trials t{join}{clause}"
+        else:
+            order = ", ".join(["_first", *(c for c in _ORDER if c in columns)])
+            body = f"SELECT 1, {rows} FROM trials t{join}{clause} ORDER BY {order}"
+        return f"SELECT 0 AS _first, {typed_row} UNION ALL {body}", args
+
+    def _where(
+        self, selection: Selection, *, include_no_cache: bool = True
+    ) -> tuple[str, list[Any]]:
+        where, args = [], []
+        for column, values in selection.items():
+            where.append(f"{self._source(column)} IN ({', '.join('?' for _ in values)})")
+            args += values
+        if not include_no_cache and "cache_hits" in self.stored:
+            where.append("NOT (typeof(t.cache_hits) IN ('integer', 'real') AND t.cache_hits <= 0)")
+        return (f" WHERE {' AND '.join(where)}" if where else ""), args
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        with contextlib.closing(self._db.cursor()) as cur:
+            # large batches: few chunks per column for pandas to walk
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(_BATCH_ROWS)})
+            yield cur
+
+    def _read(
+        self, read: Callable[[str, list[Any]], Any], sql: Callable[[bool], tuple[str, list[Any]]]
+    ) -> Any:
+        """``read(*sql(typed))``: as stored first (fast), typed when the driver refuses a value."""
+        try:
+            return read(*sql(False))
+        except OSError:  # "Type mismatch in column …": a stray value of another type
+            try:
+                return read(*sql(True))
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot read the trials of {self.path}: {exc}",
+                    hint="check the store (sqlite3 … 'PRAGMA integrity_check')",
+                ) from None
+
+    def count(self, selection: Selection) -> int:
+        """How many trials the selection holds."""
+        clause, args = self._where(selection)
+        with self._cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM trials t{clause}", args or None)
+            return int(cur.fetchone()[0])
+
+    def write_parquet(self, columns: Sequence[str], selection: Selection, target: Path) -> None:
+        """Stream the selected trials into a Parquet file, batch by batch.
+
+        The rows are in the order they are stored (mostly the order they were
+        recorded): sorting a million rows would cost more than writing them, and
+        nothing reads a trials file in its row order.
+        """
+        import pyarrow.parquet as pq
+
+        def write(sql: str, args: list[Any]) -> None:
+            with self._cursor() as cur:
+                cur.execute(sql, args or None)
+                reader = cur.fetch_record_batch()
+                schema = reader.schema.remove(reader.schema.get_field_index("_first"))
+                with pq.ParquetWriter(target, schema) as writer:
+                    for batch in reader:
+                        rows = batch.filter(pc.equal(batch.column("_first"), 1))
+                        writer.write_batch(rows.drop_columns(["_first"]))
+
+        self._read(write, lambda typed: self.sql(columns, selection, typed=typed, sort="none"))
+
+    def fetch(
+        self, columns: Sequence[str], selection: Selection, *, include_no_cache: bool = True
+    ) -> _Fetched:
+        """The selected trials, in ``started_at, run_id, trial`` order."""
+
+        def fetch(sql: str, args: list[Any]) -> _Fetched:
+            fetched = _Fetched()
+            with self._cursor() as cur:
+                cur.execute(sql, args or None)
+                for batch in cur.fetch_record_batch():
+                    fetched.add(batch)
+            return fetched.done()
+
+        def query(sort: str) -> Callable[[bool], tuple[str, list[Any]]]:
+            return lambda typed: self.sql(
+                columns, selection, include_no_cache=include_no_cache, typed=typed, sort=sort
+            )
+
+        fetched = self._read(fetch, query("keys"))
+        if fetched.first_in_place and _in_order(fetched.arrow):
+            return fetched
+        del fetched  # SQLite chose another plan: have it sort the whole rows
+        return self._read(fetch, query("rows"))
+
+    def frame(
+        self, columns: Sequence[str], selection: Selection, *, include_no_cache: bool = True
+    ) -> pd.DataFrame:
+        """The selected trials as a raw frame: stored types, no derived columns."""
+        fetched = self.fetch(columns, selection, include_no_cache=include_no_cache)
+        table, fetched.arrow, out = fetched.arrow, pa.table({}), {}
+        for name in fetched.names:
+            if name in fetched.shared:
+                out[name] = pd.array(fetched.shared.pop(name), dtype=_SHARED_STR)
+                continue
+            column = table.column(name)
+            if name in BATCH_COLUMNS.values() and self._kind(name) == "integer":
+                # the batch counts keep pandas' plain types (int64, float64 when a run has none)
+                out[name] = column.to_pandas()
+            else:
+                out[name] = column.to_pandas(types_mapper=_TO_PANDAS)
+            table = table.drop_columns([name])  # each Arrow column goes once converted
+        frame = pd.DataFrame(out, columns=list(out), copy=False)
+        for column in _BOOL_COLUMNS:
+            if column in frame.columns:
+                frame[column] = frame[column].astype("boolean")
+        return frame
 
 
-def _with_batches(trials: pd.DataFrame, batches: pd.DataFrame) -> pd.DataFrame:
-    """Join each run's exported-cache facts, so analysis can ask whether batches whose
-    cache differs fail at different rates (``cache_manifest_digest``, ``cache_empty_layers``)."""
-    facts = batches[["run_id", *BATCH_COLUMNS]].rename(columns=BATCH_COLUMNS)
-    return trials.merge(facts, on="run_id", how="left")
+class _Fetched:
+    """Batches as the driver hands them over, each copied into memory of our own at once.
+
+    The driver's buffers live as long as any column of their batch does, so nothing of
+    theirs is kept: descriptive text (``_SHARED_TEXT``) becomes one Python string per
+    distinct value, shared by its rows and between batches; every other column is copied
+    into Arrow memory that each column owns (strings as ``large_string``, as pandas keeps
+    them). The typed first row is dropped at the end.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._batches: list[pa.RecordBatch] = []
+        self._objects: dict[str, list[np.ndarray]] = {}
+        self._interned: dict[str, str] = {}
+        self.arrow = pa.table({})
+        self.shared: dict[str, np.ndarray] = {}
+        self.first_in_place = False
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if not self.names:
+            self.names = [n for n in batch.schema.names if n != "_first"]
+        kept, names = [], []
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            if name in _SHARED_TEXT:
+                self._objects.setdefault(name, []).append(self._python_strings(column))
+                continue
+            if pa.types.is_string(column.type):
+                column = column.cast(pa.large_string())
+            kept.append(pa.concat_arrays([column]))  # a copy
+            names.append(name)
+        self._batches.append(pa.RecordBatch.from_arrays(kept, names=names))
+
+    def _python_strings(self, column: pa.Array) -> np.ndarray:
+        distinct = pc.unique(column).drop_null()
+        values = [self._interned.setdefault(v, v) for v in distinct.to_pylist()]
+        lookup = np.array([*values, np.nan], dtype=object)
+        return lookup[pc.index_in(column, value_set=distinct).fill_null(len(values)).to_numpy()]
+
+    def done(self) -> _Fetched:
+        table = pa.Table.from_batches(self._batches) if self._batches else pa.table({})
+        self._batches = []
+        self.first_in_place = table.num_rows > 0 and table.column("_first")[0].as_py() == 0
+        self.arrow = table.slice(1).drop_columns(["_first"]) if table.num_rows else table
+        self.shared = {name: np.concatenate(parts)[1:] for name, parts in self._objects.items()}
+        self._objects = {}
+        return self
+
+
+def _in_order(table: pa.Table) -> bool:
+    """Whether the rows are in ``started_at, run_id, trial`` order (NULLs first, as in SQL)."""
+    keys: list[Any] = []
+    for name in (k for k in _ORDER if k in table.column_names):
+        column = table.column(name)
+        text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        keys += [column.is_valid(), column.fill_null("" if text else 0)]
+    if table.num_rows < 2 or not keys:
+        return True
+    in_order = None  # row i <= row i+1 on the keys seen so far (from the last key back)
+    for key in reversed(keys):
+        before, after = key.slice(0, len(key) - 1), key.slice(1)
+        if in_order is None:
+            in_order = pc.less_equal(before, after)
+        else:
+            in_order = pc.or_(pc.less(before, after), pc.and_(pc.equal(before, after), in_order))
+    return bool(pc.all(in_order).as_py())
 
 
 def filter_results(
@@ -200,16 +638,9 @@ def filter_results(
     version: str | Iterable[str] | None = None,
     backend: str | Iterable[str] | None = None,
 ) -> pd.DataFrame:
-    """Keep the rows matching every given filter (see ``load_results``)."""
-    for column, wanted in (
-        ("sweep_id", sweep),
-        ("run_id", run),
-        ("version", version),
-        ("backend", backend),
-    ):
-        if wanted is None:
-            continue
-        values = [wanted] if isinstance(wanted, str) else list(wanted)
+    """Keep the rows matching every given filter (see ``load_results``); for frames
+    already in memory (``load_results`` selects in SQL)."""
+    for column, values in Selection(sweep=sweep, run=run, version=version, backend=backend).items():
         df = df[df[column].isin(values)]
     return df
 
@@ -218,56 +649,208 @@ def derive(raw: pd.DataFrame) -> pd.DataFrame:
     """Add the derived columns to a raw ``trials`` frame (idempotent).
 
     Parses ``started_at`` to timezone-aware datetimes, decodes the JSON list
-    columns ``missing`` and ``layer_digests``, and makes the integer columns
-    nullable integers.
+    columns (``missing``, ``layer_digests``, ``lost_steps``, ``lost_digests``),
+    and makes the integer columns nullable integers. Stored columns the frame
+    lacks are added, empty.
     """
-    df = raw.copy()
-    for column in TRIAL_COLUMNS:
-        if column not in df.columns:
-            df[column] = pd.Series([None] * len(df), index=df.index, dtype=object)
-    for column in _INT_COLUMNS:
-        df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
-    df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce").astype(float)
-    if "privileged" in df.columns:
+    return _derive(raw.copy(deep=False), complete=True)  # the caller's frame is not changed
+
+
+def _derive(df: pd.DataFrame, *, complete: bool) -> pd.DataFrame:
+    """``derive`` in place (a replaced column is freed at once); with ``complete=False``
+    stored columns absent from ``df`` stay absent."""
+    if complete:
+        for column in TRIAL_COLUMNS:
+            if column not in df.columns:
+                df[column] = pd.Series([None] * len(df), index=df.index, dtype=object)
+    have = set(df.columns)
+    for column in (c for c in _INT_COLUMNS if c in have):
+        if not isinstance(df[column].dtype, pd.Int64Dtype):
+            df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    if "duration_s" in have and df["duration_s"].dtype != np.float64:
+        df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce").astype(float)
+    if "privileged" in have and not isinstance(df["privileged"].dtype, pd.BooleanDtype):
         df["privileged"] = pd.to_numeric(df["privileged"], errors="coerce").astype("boolean")
-    df["started_at"] = pd.to_datetime(df["started_at"], utc=True, format="ISO8601")
-    for column in _LIST_COLUMNS:
-        df[column] = pd.Series([_as_list(v) for v in df[column]], index=df.index, dtype=object)
-    outcome = df["outcome"].astype(object)
-    df["failed"] = (outcome == Outcome.MISSING_LAYER.value).astype(bool)
+    if not pd.api.types.is_datetime64_any_dtype(df["started_at"]):
+        df["started_at"] = pd.to_datetime(df["started_at"], utc=True, format="ISO8601")
+    for column in (c for c in _LIST_COLUMNS if c in have):
+        df[column] = _list_column(df[column])
+    # one line per derived column
+    outcome = _text(df["outcome"])
+    df["failed"] = outcome.eq(Outcome.MISSING_LAYER.value).astype(bool)
     df["counted"] = outcome.isin(COUNTED_OUTCOMES).astype(bool)
-    hits = df["cache_hits"]
-    df["cache_used"] = (hits > 0).astype("boolean").mask(hits.isna())
-    df["version_label"] = pd.Series(
-        [_version_label(v, c) for v, c in zip(df["version"], df["cache_version"], strict=True)],
-        index=df.index,
-        dtype=object,
+    df["cache_used"] = (df["cache_hits"] > 0).astype("boolean").mask(df["cache_hits"].isna())
+    df["version_label"] = _per_distinct(
+        df, ["version", "cache_version"], lambda r: _version_label(r["version"], r["cache_version"])
     )
-    df["cell"] = pd.Series(
-        [
-            cell if _present(cell) else _cell_key(row)
-            for cell, row in zip(df["cell"], df.to_dict("records"), strict=True)
-        ],
-        index=df.index,
-        dtype=object,
-    )
+    df["cell"] = _cells(df)
     # replicate batches of one configuration (``/rep=N`` cells) are pooled, and tested
     # for agreement, under the configuration
-    df["configuration"] = pd.Series(
-        [_REPLICATE.sub("", str(c)) for c in df["cell"]], index=df.index, dtype=object
+    df["configuration"] = _per_distinct(df, ["cell"], lambda r: _REPLICATE.sub("", str(r["cell"])))
+    first = [c for c in RESULT_COLUMNS if c in df.columns]
+    return df[first + [c for c in df.columns if c not in RESULT_COLUMNS]]
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """String values as they compare to text (``Outcome`` members are ``str`` too)."""
+    return values if pd.api.types.is_string_dtype(values.dtype) else values.astype(object)
+
+
+def _cells(df: pd.DataFrame) -> pd.Series:
+    """The stored cell, or the key built from the row where none was stored."""
+    cell = df["cell"]
+    present = cell.notna() & _text(cell).ne("")
+    if bool(present.all()):
+        return cell
+    keys = _per_distinct(
+        df,
+        ["backend", "version", "cache_version", "cache_type", "reset_freq", "mode"],
+        _cell_key,
     )
-    return df[list(RESULT_COLUMNS) + [c for c in df.columns if c not in RESULT_COLUMNS]]
+    return keys.where(~present, cell.astype(object)).astype(_STR)
+
+
+def _per_distinct(
+    df: pd.DataFrame, columns: Sequence[str], compute: Callable[[dict[str, Any]], str]
+) -> pd.Series:
+    """``compute(row)`` for each distinct combination of ``columns``, spread to every row.
+
+    ``compute`` sees the same values a row-by-row loop would (from ``to_dict``, plus
+    ``_row``, the position of the first such row), but runs once per distinct
+    combination: a few dozen times, not once per trial.
+    """
+    if df.empty:
+        return pd.Series([], index=df.index, dtype=_STR)
+    codes = np.zeros(len(df), dtype=np.int64)
+    for column in columns:
+        column_codes, _ = pd.factorize(df[column], use_na_sentinel=False)
+        codes, _ = pd.factorize(codes * (int(column_codes.max()) + 1) + column_codes)
+    # factorize numbers combinations in order of first appearance
+    _, first = np.unique(codes, return_index=True)
+    rows = df[list(columns)].iloc[first].to_dict("records")
+    for row, position in zip(rows, first, strict=True):
+        row["_row"] = int(position)
+    labels = pa.array([compute(r) for r in rows], type=pa.string())
+    values = labels.take(pa.array(codes)).to_pandas(types_mapper=_TO_PANDAS)
+    values.index = df.index
+    return values
+
+
+def _list_column(values: pd.Series) -> pd.Series:
+    """A list column: JSON text decoded once per distinct value into Arrow lists."""
+    if isinstance(values.dtype, pd.ArrowDtype) and pa.types.is_list(values.dtype.pyarrow_dtype):
+        return values
+    try:
+        codes, uniques = pd.factorize(values)
+    except TypeError:  # Python lists already (unhashable): a frame built in memory
+        return pd.Series([_as_list(v) for v in values], index=values.index, dtype=object)
+    decoded = [_as_list(u) for u in uniques] + [[]]  # the last for missing values
+    codes = np.where(codes < 0, len(decoded) - 1, codes)
+    try:
+        lists = pa.array(decoded, type=pa.list_(pa.string()))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        try:  # lists of numbers, say: whatever one Arrow type holds them
+            lists = pa.array(decoded)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed values: Python lists, one per row
+            return pd.Series([list(decoded[c]) for c in codes], index=values.index, dtype=object)
+    out = pd.arrays.ArrowExtensionArray(lists.take(pa.array(codes)))
+    return pd.Series(out, index=values.index)
+
+
+TRIALS_CSV_MAX = 50_000
+"""Above this many trials the raw rows go to ``trials.parquet`` instead of ``trials.csv``
+(a CSV of a million trials is 650 MB; the Parquet file is a tenth of that)."""
+
+
+def write_trials(
+    source: str | Path | Store | pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    sweep: str | None = None,
+    run: str | None = None,
+    csv_max: int = TRIALS_CSV_MAX,
+) -> Path:
+    """Write the selected trials' stored columns as ``trials.csv``, or as
+    ``trials.parquet`` when there are more than ``csv_max`` of them.
+
+    From a store the rows are the stored text (list columns JSON, times ISO 8601)
+    and a Parquet file is written batch by batch, so memory stays flat; a
+    DataFrame goes through ``raw_rows``. A stale file of the other kind is removed.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    out = Path(out_dir)
+    csv, parquet = out / "trials.csv", out / "trials.parquet"
+    selection = Selection(sweep=sweep, run=run)
+    if isinstance(source, pd.DataFrame):
+        rows = raw_rows(source)
+        written = csv if len(rows) <= csv_max else parquet
+        if written == csv:
+            rows.to_csv(csv, index=False)
+        else:
+            rows.to_parquet(parquet, index=False)
+    else:
+        with _TrialsQuery.open(_store_path(source)) as query:
+            if query.count(selection) <= csv_max:
+                written = csv
+                query.frame(list(TRIAL_COLUMNS), selection).to_csv(csv, index=False)
+            else:
+                written = parquet
+                query.write_parquet(list(TRIAL_COLUMNS), selection, parquet)
+    (parquet if written == csv else csv).unlink(missing_ok=True)
+    return written
 
 
 def raw_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The stored columns only, list columns re-encoded as JSON (as in the store)."""
-    out = df[[c for c in TRIAL_COLUMNS if c in df.columns]].copy()
+    out = df[[c for c in TRIAL_COLUMNS if c in df.columns]].copy(deep=False)
     for column in _LIST_COLUMNS:
         if column in out.columns:
-            out[column] = [json.dumps(_as_list(v)) for v in out[column]]
+            out[column] = _json_lists(out[column])
     if "started_at" in out.columns and pd.api.types.is_datetime64_any_dtype(out["started_at"]):
-        out["started_at"] = out["started_at"].map(lambda t: t.isoformat() if pd.notna(t) else "")
+        out["started_at"] = _isoformat(out["started_at"])
     return out
+
+
+def _json_lists(values: pd.Series) -> pd.Series:
+    """Each list as the JSON the store holds, encoded once per distinct list."""
+    dtype = values.dtype
+    if (
+        isinstance(dtype, pd.ArrowDtype)
+        and pa.types.is_list(dtype.pyarrow_dtype)
+        and pa.types.is_string(dtype.pyarrow_dtype.value_type)
+    ):
+        lists = pa.chunked_array(pa.array(values.array))
+        # distinct lists by their elements joined with a separator no step name holds,
+        # and by their length (which tells [] from [""])
+        keys = pd.DataFrame(
+            {
+                "joined": pc.binary_join(lists, "\x1f").to_pandas(types_mapper=_TO_PANDAS),
+                "length": pc.list_value_length(lists).to_pandas(types_mapper=_TO_PANDAS),
+            },
+            index=values.index,
+        )
+        return _per_distinct(
+            keys,
+            ["joined", "length"],
+            lambda r: json.dumps(_as_list(values.iat[r["_row"]])),
+        )
+    return pd.Series([json.dumps(_as_list(v)) for v in values], index=values.index, dtype=_STR)
+
+
+def _isoformat(times: pd.Series) -> pd.Series:
+    """``Timestamp.isoformat()`` of each UTC time: microseconds only when there are some."""
+    if times.dt.tz is not None:
+        times = times.dt.tz_convert("UTC")
+    base = times.dt.strftime("%Y-%m-%dT%H:%M:%S")
+    micro = times.dt.microsecond
+    fraction = ("." + micro.astype(str).str.zfill(6)).where(micro.ne(0), "")
+    offset = "" if times.dt.tz is None else "+00:00"  # derive makes every time UTC
+    text = (base + fraction + offset).astype(_STR)
+    return text.where(times.notna(), "")
 
 
 def version_key(value: Any) -> tuple[tuple[int, Any], ...]:

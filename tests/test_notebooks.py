@@ -400,5 +400,9 @@ def test_findings_notebook_on_the_shipped_findings_dataset(kernel, tmp_path):
     # failures cluster within a reset cycle, and not across one
     assert "Failures cluster within a reset cycle" in text and "no effect detected: OR" in text
     # replicate batches of one configuration are compared with each other
-    assert "reset=4/mode=daemon: " in text and "nothing to test" not in text
+    assert "batches agree" in text and "nothing to test" not in text
+    # as tables (one row per configuration, one per batch), not one line of every batch
+    tables = "\n".join(o.get("data", {}).get("text/html", "") for o in outputs(nb))
+    assert "reset=4/mode=daemon</td>" in tables and "findings-02-k4-c001</td>" in tables
+    assert max(len(line) for line in text.splitlines()) < 400
     assert "v0.7.2<-v0.9.0" in text  # the cross-version cells

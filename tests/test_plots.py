@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -140,6 +141,33 @@ def test_durations(two_versions):
         "container/daemon",
         "container/daemonless",
     ]
+
+
+def test_durations_draw_bands_not_points():
+    """A hundred thousand tries draw the same few artists as ten (no per-try markers)."""
+    rng = np.random.default_rng(1)
+    n = 100_000
+    df = pd.DataFrame(
+        {
+            "backend": "container",
+            "mode": rng.choice(["daemon", "daemonless"], n),
+            "duration_s": rng.lognormal(0.0, 1.0, n),  # long tail: a box plot's outliers
+            "counted": True,
+            "failed": False,
+            "version_label": "v0.9.0",
+        }
+    )
+    ax = plot_durations(df).axes[0]
+    assert all(len(line.get_xydata()) <= 2 for line in ax.lines)
+    points = sum(len(c.get_paths()) for c in ax.collections) + len(ax.patches)
+    assert points <= 10
+    median = df.loc[df["mode"] == "daemon", "duration_s"].median()
+    assert [t.get_text() for t in ax.texts if t.get_text().startswith("n = ")] == [
+        f"n = {(df['mode'] == 'daemon').sum():,}",
+        f"n = {(df['mode'] == 'daemonless').sum():,}",
+    ]
+    medians = [c for c in ax.collections if c.get_linewidth()[0] == 2]
+    assert abs(medians[0].get_segments()[0][0][1] - median) < 1e-9
 
 
 def test_figures_save_as_png(two_versions, tmp_path):

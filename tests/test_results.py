@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from repro_lib.errors import UsageError
-from repro_lib.records import TrialRecord
-from repro_lib.results import RESULT_COLUMNS, derive, load_results, raw_rows
+from repro_lib.records import TRIAL_COLUMNS, TrialRecord
+from repro_lib.results import RESULT_COLUMNS, derive, load_results, raw_rows, write_trials
 from repro_lib.store import Store
 
 from .factories import make_record
@@ -110,3 +110,23 @@ def test_raw_rows_round_trip():
     raw = raw_rows(df)
     assert raw["missing"][0] == '["/a"]'
     assert TrialRecord.from_row(raw.iloc[0].to_dict()).missing == ["/a"]
+
+
+def test_write_trials_csv_then_parquet_above_the_threshold(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with Store(path) as st:
+        for i in range(1, 6):
+            st.append(record(i, missing=["/a"] if i == 2 else [], run_id="r1" if i < 4 else "r2"))
+    out = tmp_path / "out"
+    out.mkdir()
+    csv = write_trials(path, out, run="r1")
+    assert csv.name == "trials.csv" and len(pd.read_csv(csv)) == 3
+    parquet = write_trials(path, out, csv_max=2)
+    assert parquet.name == "trials.parquet" and not csv.exists()  # no stale CSV beside it
+    rows = pd.read_parquet(parquet)
+    assert list(rows.columns) == list(TRIAL_COLUMNS) and len(rows) == 5
+    assert rows["missing"].tolist() == ["[]", '["/a"]', "[]", "[]", "[]"]  # as stored
+    assert TrialRecord.from_row(rows.iloc[1].to_dict()).missing == ["/a"]
+    from_frame = write_trials(load_results(path), out, csv_max=2)
+    assert len(pd.read_parquet(from_frame)) == 5
+    assert write_trials(load_results(path), out).name == "trials.csv" and not parquet.exists()
