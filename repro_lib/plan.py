@@ -21,16 +21,18 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from . import stats
 from .batch import BatchOptions
 from .builders import backend_class, supports, version_of_image
 from .errors import UsageError
+from .records import TrialRecord, evidence
 
 AXES = ("versions", "cache_versions", "reset_freq", "cache", "mode")
 
@@ -272,6 +274,27 @@ def load_plan(path: str | Path, **overrides: Any) -> Plan:
         raise UsageError(f"plan file {path} is not valid TOML: {exc}") from None
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return validate_plan(raw)
+
+
+def stop_rule(plan: Plan) -> Callable[[list[TrialRecord]], stats.StopDecision] | None:
+    """The ``--until-confident`` rule: ``stats.should_stop`` with the cell's complete
+    reset cycles, so a clean stop keeps its error rate when failures cluster in a cycle."""
+    if not plan.until_confident:
+        return None
+
+    def decide(records: list[TrialRecord]) -> stats.StopDecision:
+        k, n = evidence(records)
+        cycles = stats.complete_cycles(stats.records_frame(records)) if k == 0 else None
+        return stats.should_stop(
+            k,
+            n,
+            max_rate=plan.max_rate,
+            alpha=plan.alpha,
+            min_tries=plan.min_tries,
+            cycles=cycles,
+        )
+
+    return decide
 
 
 # shards ----------------------------------------------------------------------

@@ -23,7 +23,19 @@ import docker
 from . import lab, stats
 from .config import Paths
 from .errors import UsageError
-from .plan import Cell, Plan, format_shard, plan_digest, shard_cells, validate_plan
+from .executors import SweepJob
+from .executors.cluster import DaskExecutor
+from .executors.lanes import LocalLanes
+from .plan import (
+    Cell,
+    Plan,
+    format_shard,
+    plan_digest,
+    shard_cells,
+    stop_rule,
+    validate_plan,
+)
+from .progress import SweepProgress
 from .records import Outcome, TrialRecord, evidence
 from .scenario import load_scenario
 from .store import Store
@@ -63,27 +75,6 @@ class SweepOutcome:
         return [asdict(c) for c in self.cells]
 
 
-def stop_rule(plan: Plan) -> Callable[[list[TrialRecord]], stats.StopDecision] | None:
-    """The ``--until-confident`` rule: ``stats.should_stop`` with the cell's complete
-    reset cycles, so a clean stop keeps its error rate when failures cluster in a cycle."""
-    if not plan.until_confident:
-        return None
-
-    def decide(records: list[TrialRecord]) -> stats.StopDecision:
-        k, n = evidence(records)
-        cycles = stats.complete_cycles(stats.records_frame(records)) if k == 0 else None
-        return stats.should_stop(
-            k,
-            n,
-            max_rate=plan.max_rate,
-            alpha=plan.alpha,
-            min_tries=plan.min_tries,
-            cycles=cycles,
-        )
-
-    return decide
-
-
 def run_sweep(
     client: docker.DockerClient | None,
     plan: Plan,
@@ -111,9 +102,6 @@ def run_sweep(
     Raises:
         ReproError: a usage or environment problem that stops the whole sweep.
     """
-    from .executors import SweepJob
-    from .progress import SweepProgress
-
     paths = paths or Paths.from_env()
     store_path = Path(store_path or paths.store)
     sweep_id = sweep_id or new_sweep_id()
@@ -197,11 +185,7 @@ def make_executor(
     if cluster is None:
         if client is None:
             raise UsageError("local lanes need a Docker engine client")
-        from .executors.lanes import LocalLanes
-
         return LocalLanes(client)
-    from .executors.cluster import DaskExecutor
-
     return DaskExecutor.connect(cluster, lanes=plan.lanes, client=client, paths=paths)
 
 

@@ -14,9 +14,8 @@ import pytest
 from repro_lib import lab
 from repro_lib.bisect import Probe, bisect_versions
 from repro_lib.errors import UsageError
-from repro_lib.plan import Plan, load_plan, validate_plan
+from repro_lib.plan import Plan, load_plan, stop_rule, validate_plan
 from repro_lib.records import Outcome, TrialRecord
-from repro_lib.sweep import stop_rule
 
 from .conftest import ENGINE_ARGS, repro_lib_cmd, run_cli
 from .factories import make_record

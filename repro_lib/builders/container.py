@@ -25,7 +25,7 @@ import requests
 
 from .. import lab
 from ..errors import BuildFailed, InfraError, PrivilegesRefused, UsageError
-from . import (
+from .base import (
     BatchEnv,
     BuildOutput,
     base_pull_error,

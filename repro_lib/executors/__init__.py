@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import docker
 
+from ..batch import run_batch
 from ..records import TrialRecord
 
 if TYPE_CHECKING:
@@ -118,8 +119,6 @@ def run_cell(
     Raises:
         KeyboardInterrupt: ``stop_requested()`` turned true (the sweep is stopping).
     """
-    from ..batch import run_batch
-
     run_id = cell.run_id(sweep_id)
     decision: dict[str, str] = {}
 
