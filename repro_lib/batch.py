@@ -17,6 +17,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import docker
@@ -175,6 +176,21 @@ class BatchSummary:
             failure_positions=positions_of_failures(records),
             **extra,
         )
+
+    @classmethod
+    def from_records(cls, run_id: str, records: list[TrialRecord], **extra: Any) -> BatchSummary:
+        """The summary of a run from its stored trials alone (at least one): what a
+        sweep's client writes, so the ``runs`` summary counts what ``trials`` holds
+        whichever hosts and attempts recorded them."""
+        last = records[-1]
+        backend = SimpleNamespace(
+            name=last.backend,
+            image=last.image,
+            cache_image=last.cache_image,
+            cache_type=last.cache_type,
+            mode=last.mode,
+        )
+        return cls.of(run_id, backend, last.reset_freq, records, **extra)
 
 
 class LabSession:

@@ -42,6 +42,7 @@ INT_COLUMNS = (
     "cache_pulled",
     "cpus",
     "attempt",
+    "cycle",
 )
 
 REAL_COLUMNS = ("duration_s",)
@@ -79,6 +80,8 @@ def derive_in_place(df: pd.DataFrame, *, complete: bool) -> pd.DataFrame:
     for column in (c for c in INT_COLUMNS if c in have):
         if not isinstance(df[column].dtype, pd.Int64Dtype):
             df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    if {"cycle", "trial", "since_reset"} <= have:
+        df["cycle"] = df["cycle"].fillna(_derived_cycle(df))
     if "duration_s" in have and df["duration_s"].dtype != np.float64:
         df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce").astype(float)
     if "privileged" in have and not isinstance(df["privileged"].dtype, pd.BooleanDtype):
@@ -167,6 +170,18 @@ def _list_column(values: pd.Series) -> pd.Series:
             return pd.Series([list(decoded[c]) for c in codes], index=values.index, dtype=object)
     out = pd.arrays.ArrowExtensionArray(lists.take(pa.array(codes)))
     return pd.Series(out, index=values.index)
+
+
+def _derived_cycle(df: pd.DataFrame) -> pd.Series:
+    """The cycle key of rows stored without one: their cycle began ``since_reset - 1``
+    trials earlier. Before the key was stored, a try whose reset failed kept the
+    previous try's ``since_reset``; it began (and ended) a cycle of its own."""
+    if not {"outcome", "detail"} <= set(df.columns):
+        return df["trial"] - df["since_reset"] + 1
+    failed_reset = df["outcome"].astype(object).eq(Outcome.INFRA_ERROR.value) & df["detail"].fillna(
+        ""
+    ).astype(str).str.startswith("reset failed")
+    return (df["trial"] - df["since_reset"] + 1).mask(failed_reset, df["trial"])
 
 
 def raw_rows(df: pd.DataFrame) -> pd.DataFrame:

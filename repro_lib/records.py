@@ -40,8 +40,10 @@ class TrialRecord:
     cache_type: str  # registry | local | inline
     mode: str  # daemonless | daemon | engine
     reset_freq: int
-    since_reset: int  # 1-based position after the last reset
-    reset_index: int  # 0-based number of the reset cycle this try belongs to
+    since_reset: int  # 1-based position in its reset cycle (1 = the first try after a reset)
+    # 0-based count of the resets this attempt at the run made; it restarts with every
+    # attempt (a worker's death, a resume), so use ``cycle`` to name a cycle in a run
+    reset_index: int
     lane: int
     outcome: Outcome
     missing: list[str] = field(default_factory=list)
@@ -68,6 +70,10 @@ class TrialRecord:
     cpus: int | None = None  # CPUs of that host, as its engine reports them
     # which attempt at the cell recorded it (a cluster reruns a dead worker's cell)
     attempt: int = 1
+    # the reset cycle's key: the trial number of the cycle's first try. Trial numbers
+    # are unique in a run, so (run_id, cycle) names one cycle across attempts, resumes
+    # and hosts. None in stores from before it; ``load_results`` derives it there.
+    cycle: int | None = None
     lost_steps: list[str] = field(default_factory=list)  # Dockerfile steps whose result is absent
     lost_digests: list[str] = field(default_factory=list)  # lost layer digests (OCI output)
     lost_reference: str = ""  # what the loss was judged against

@@ -10,6 +10,7 @@ missing.
 from __future__ import annotations
 
 import shlex
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -148,6 +149,7 @@ def _write(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
+    sweeps: dict[str, str] = {}
     batches: dict[str, Any] = {}
     run_dirs: Path | None = None
     source = "a DataFrame"
@@ -161,11 +163,13 @@ def _write(
         if isinstance(store_or_df, Store):
             runs, source = _runs(store_or_df, df, sweep, run), f"`{store_or_df.path.name}`"
             batches = _batches(store_or_df, df)
+            sweeps = _sweep_states(store_or_df, df, sweep)
         else:
             path = Path(store_or_df) if store_or_df is not None else None
             with Store(path if path is not None else _default_store(), read_only=True) as st:
                 runs, source = _runs(st, df, sweep, run), f"`{st.path.name}`"
                 batches = _batches(st, df)
+                sweeps = _sweep_states(st, df, sweep)
         run_dirs = Paths.from_env().runs
     if command is None:
         command = default_command(runs)
@@ -174,7 +178,9 @@ def _write(
     trials = write_trials(
         df if isinstance(store_or_df, pd.DataFrame) else store_or_df, out, sweep=sweep, run=run
     )
-    text = _render(df, out, sweep=sweep, run=run, command=command, runs=runs, source=source)
+    text = _render(
+        df, out, sweep=sweep, run=run, command=command, runs=runs, source=source, sweeps=sweeps
+    )
     text = text.rstrip("\n") + "\n" + "\n".join(_what_was_lost(df, batches, run_dirs)) + "\n"
     report = out / "report.md"
     report.write_text(text, encoding="utf-8")
@@ -225,6 +231,34 @@ def _runs(st: Store, df: pd.DataFrame, sweep: str | None, run: str | None) -> li
     if seen:
         runs = [r for r in runs if r["run_id"] in seen]
     return runs
+
+
+#: what each recorded sweep status means, for the report's status line
+SWEEP_STATUS = {
+    "done": "every planned trial is recorded",
+    "incomplete": "it ended with planned trials missing; `repro-lib sweep --resume` runs them",
+    "refused": "its last start was refused before any cell ran (a usage or host check failed)",
+    "failed": "an error stopped it; its trials are kept and `repro-lib sweep --resume` finishes it",
+    "interrupted": "it was interrupted; `repro-lib sweep --resume` finishes it",
+    "running": "it is running, or its client died (`repro-lib sweep --resume` finishes it)",
+}
+
+
+def _sweep_states(st: Store, df: pd.DataFrame, sweep: str | None) -> dict[str, str]:
+    ids = [sweep] if sweep else _uniq(df["sweep_id"]) if len(df) else []
+    try:
+        recorded = {i: (st.sweep(i) or {}).get("status") for i in ids}
+    except sqlite3.OperationalError:  # a store from before sweeps were recorded
+        return {}
+    return {i: status for i, status in recorded.items() if status}
+
+
+def _sweep_status_lines(sweeps: dict[str, str]) -> list[str]:
+    lines = [
+        f"Sweep `{i}`: **{status}** ({SWEEP_STATUS.get(status, 'a status this version does not know')})."
+        for i, status in sweeps.items()
+    ]
+    return ["", *lines] if len(lines) == 1 else ["", *(f"- {line}" for line in lines)]
 
 
 def _command_line(params: dict[str, Any]) -> str:
@@ -314,6 +348,7 @@ def _render(
     command: str | None,
     runs: list[dict[str, Any]],
     source: str,
+    sweeps: dict[str, str] | None = None,
 ) -> str:
     scope = f"sweep `{sweep}`" if sweep else f"run `{run}`" if run else f"all trials in {source}"
     where = f"for sweep `{sweep}`" if sweep else f"for run `{run}`" if run else f"in {source}"
@@ -326,6 +361,8 @@ def _render(
         "output holds every expected layer; build and infra errors are not counted "
         "as evidence either way.",
     ]
+    if sweeps:
+        parts += _sweep_status_lines(sweeps)
     if df.empty:
         parts += [
             "",

@@ -24,6 +24,11 @@ cell : str
     The stored cell, or when none was stored a key
     ``backend=…/version=…/cache=…/reset=K/mode=…`` where ``version`` is the
     ``version_label`` above and ``cache`` the cache type.
+cycle : Int64
+    The reset cycle's key, unique within a run: the trial number of the cycle's
+    first try, so ``(run_id, cycle)`` names one cycle. Stored by the trial loop;
+    for stores from before it, derived as ``trial - since_reset + 1`` (a try
+    whose reset failed is a cycle of its own: ``trial``).
 
 How a store is read
 -------------------

@@ -91,6 +91,9 @@ _TRIAL_TYPES = {
         Column("privileged", "INTEGER"),
         Column("cpus", "INTEGER"),
         Column("attempt", "INTEGER"),
+        # the trial number of the first try of the reset cycle; load_results derives
+        # it for rows written before it existed
+        Column("cycle", "INTEGER"),
     )
 }
 

@@ -11,6 +11,7 @@ cells are missing. Bisection over versions lives in :mod:`repro_lib.bisect`.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -21,8 +22,9 @@ from typing import Any
 import docker
 
 from . import lab, stats
+from .batch import BatchSummary
 from .config import Paths
-from .errors import UsageError
+from .errors import InfraError, ReproError, UsageError
 from .executors import SweepJob
 from .executors.cluster import DaskExecutor
 from .executors.lanes import LocalLanes
@@ -114,6 +116,9 @@ def run_sweep(
     scenario = load_scenario(plan.batch.get("scenario"), base_image=plan.batch.get("base_image"))
     rule = stop_rule(plan)
     executor = make_executor(client, plan, cluster, paths=paths)
+    bundles = paths.run_dir(session_id)
+    started = False
+    status = "refused"  # until every check passed and the cells were scheduled
     try:
         with Store(store_path) as store:
             recorded = store.sweep(sweep_id)
@@ -122,12 +127,17 @@ def run_sweep(
                     f"sweep {sweep_id} in {store_path} was recorded with another plan",
                     hint="pass a new --sweep-id, or --resume it to continue that plan",
                 )
+        # an earlier client's cells that still run must stop before anything is
+        # counted; a live client's sweep is left alone, its status with it
+        executor.settle([c.run_id(sweep_id) for c in cells])
+        with Store(store_path) as store:
             store.start_sweep(
                 sweep_id,
                 {**plan.as_dict(), "command": command, "plan_digest": digest, "shard": shard_text},
             )
+            started = True
             store.set_sweep_status(sweep_id, "running")
-            executor.gather(sweep_id, store)
+            executor.gather(sweep_id, store, bundles=bundles)
             done_before = {c.index: store.trials(c.run_id(sweep_id)) for c in cells}
         images = sorted({c.image for c in cells} | {c.cache_image for c in cells if c.cache_image})
         job = SweepJob(
@@ -156,21 +166,85 @@ def run_sweep(
         status = "failed"
         try:
             executor.run(job, bar)
-            status = "done"
-        except KeyboardInterrupt:
-            status = "interrupted"
-            raise
         finally:
             bar.close()
-            with Store(store_path) as store:
-                store.set_sweep_status(sweep_id, status)
+        with Store(store_path) as store:
+            # what hosts recorded but never sent (a cell of a dead client) counts too
+            executor.gather(sweep_id, store, bundles=bundles)
+            short = _reconcile(store, sweep_id, cells, plan, rule)
+        status = "incomplete" if short else "done"
+        if short:
+            raise InfraError(
+                f"sweep {sweep_id} ended short: {_describe_short(short)} are not in {store_path}",
+                hint=f"repro-lib sweep --resume {sweep_id} runs only those",
+            )
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except ReproError:
+        raise  # status says where it stopped: refused before the cells ran, else failed
+    except BaseException:
+        status = "failed"
+        raise
     finally:
-        executor.close()
+        try:
+            if started:
+                with Store(store_path) as store:
+                    store.set_sweep_status(sweep_id, status)
+        finally:
+            executor.close()
     outcome = summarize(store_path, sweep_id, plan, shard=shard)
     if on_cell_done:
         for c in outcome.cells:
             on_cell_done(c)
     return outcome
+
+
+def _reconcile(
+    store: Store, sweep_id: str, cells: list[Cell], plan: Plan, rule: Any
+) -> dict[str, list[int]]:
+    """Make each cell's ``runs`` summary count what ``trials`` holds (hosts and
+    attempts each summarised only what they ran), mark the complete cells done, and
+    return the trials the others still lack, by run id."""
+    short: dict[str, list[int]] = {}
+    for cell in cells:
+        run_id = cell.run_id(sweep_id)
+        records = store.trials(run_id)
+        run = store.run(run_id)
+        complete = not _needs_work(cell, records, plan, rule)
+        if not complete:
+            recorded = {r.trial for r in records}
+            short[run_id] = [t for t in range(1, plan.tries + 1) if t not in recorded]
+        if run is None or not records:
+            continue
+        old = run["summary"] or {}
+        keep = {k: old[k] for k in ("stopped", "work_dir", "kept") if k in old}
+        summary = json.loads(
+            json.dumps(BatchSummary.from_records(run_id, records, **keep).as_dict(), default=str)
+        )
+        status = "done" if complete else run["status"]
+        if summary != old or status != run["status"]:
+            store.finish_run(run_id, status, summary)
+    return short
+
+
+def _describe_short(short: dict[str, list[int]]) -> str:
+    """``8 planned trials (c000 trials 13–19, c002 trial 7)``, naming at most five cells."""
+    parts = []
+    for run_id, trials in list(short.items())[:5]:
+        spans: list[list[int]] = []
+        for t in trials:
+            if spans and t == spans[-1][1] + 1:
+                spans[-1][1] = t
+            else:
+                spans.append([t, t])
+        text = ", ".join(f"{a}–{b}" if a != b else str(a) for a, b in spans)
+        parts.append(
+            f"{run_id.rsplit('-', 1)[-1]} {'trial' if len(trials) == 1 else 'trials'} {text}"
+        )
+    if len(short) > 5:
+        parts.append(f"and {len(short) - 5} more cells")
+    return f"{sum(len(t) for t in short.values())} planned trials ({'; '.join(parts)})"
 
 
 def make_executor(

@@ -46,6 +46,7 @@ class LoopState:
 
     since_reset: int = 0
     reset_index: int = -1
+    cycle: int = 0  # the trial number of the current cycle's first try
     consecutive_infra: int = 0
     records: list[TrialRecord] = field(default_factory=list)
 
@@ -93,7 +94,10 @@ def run_trials(
     """Run the given trial numbers; returns the loop state with this call's records.
 
     The first try of a call always starts fresh (a resumed batch cannot trust a
-    state it did not build), so ``since_reset`` records what really happened.
+    state it did not build), so ``since_reset`` records what really happened. A
+    reset, even one that fails, starts a cycle: its first try has ``since_reset``
+    1 and names the cycle (``cycle``) by its trial number. A failed reset's try is
+    a cycle of one (an infra error), as the next try resets again.
 
     Raises:
         InfraError: several tries in a row failed for infrastructure reasons.
@@ -103,11 +107,14 @@ def run_trials(
     for trial in trials:
         reset_s = 0.0
         if state.reset_index < 0 or resets_before(trial, ctx.reset_freq) or state.consecutive_infra:
+            state.since_reset, state.cycle = 0, trial
+            state.reset_index += 1
             t_reset = time.monotonic()
             try:
                 backend.reset()
                 reset_s = time.monotonic() - t_reset
             except InfraError as exc:
+                state.since_reset = 1
                 record = _record(
                     backend,
                     ctx,
@@ -121,8 +128,6 @@ def run_trials(
                 _append(store, record, state, on_record)
                 _after_infra_error(state, env, exc.one_line())
                 continue
-            state.since_reset = 0
-            state.reset_index += 1
         state.since_reset += 1
         started_at, t0 = utcnow(), time.monotonic()
         output: BuildOutput | None = None
@@ -248,7 +253,8 @@ def _record(
         mode=backend.mode,
         reset_freq=ctx.reset_freq,
         since_reset=state.since_reset,
-        reset_index=max(state.reset_index, 0),
+        reset_index=state.reset_index,
+        cycle=state.cycle,
         lane=ctx.lane,
         outcome=outcome,
         missing=missing or [],

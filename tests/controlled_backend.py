@@ -4,15 +4,19 @@ It lets tests control outcomes while every build, push, reset and tarball stays
 real. Select it with ``REPRO_LIB_BACKEND_MODULES=tests.controlled_backend`` and
 ``--backend engine-dropping``. ``REPRO_LIB_DROP_TRIALS`` lists trial numbers whose
 output loses the file; ``REPRO_LIB_FAULTY_VERSIONS`` lists "versions" (the
-``--versions``/image value) whose every output loses it.
+``--versions``/image value) whose every output loses it. ``REPRO_LIB_BUILD_JOURNAL``
+names a file that gets one line ``<run id> <trial> <host>`` per trial build, so a
+test can count what really ran (stores keep one row per trial, whoever ran it twice).
 """
 
 from __future__ import annotations
 
 import os
 import tarfile
+from pathlib import Path
 from typing import Any
 
+from repro_lib import lab
 from repro_lib.builders import BatchEnv, BuildOutput, register
 from repro_lib.builders.engine import EngineBackend
 
@@ -55,6 +59,10 @@ class DroppingEngineBackend(EngineBackend):
 
     def build(self, trial: int) -> BuildOutput:
         out = super().build(trial)
+        journal = os.environ.get("REPRO_LIB_BUILD_JOURNAL")
+        if journal and self.env is not None:
+            with Path(journal).open("a") as f:
+                f.write(f"{self.env.run_id} {trial} {lab.host_name()}\n")
         if out.tarball is not None and (trial in self.drop or self.version in self.faulty):
             drop_from_tarball(out.tarball)
         return out

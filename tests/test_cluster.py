@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,6 +202,13 @@ def test_engine_sweep_runs_on_both_hosts_and_records_every_trial_once(cluster, t
         assert re.search(rf"\|\s*3\s*\|\s*{cycles}\s*\|\s*1\s*\|", line), line
     hosts_line = next(ln for ln in text.splitlines() if ln.startswith("| Docker hosts"))
     assert "host-a (" in hosts_line and "host-b (" in hosts_line
+    # each failure's evidence bundle came to the client with its record
+    for c in cells:
+        shown = run_cli("evidence", c["run_id"], "2", "--store", str(store), home=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "not on this machine" not in shown.stdout and "What trial 2 lost" in shown.stdout
+        (bundle,) = (tmp_path / "data/runs").glob(f"*/{c['run_id']}/evidence/trial-0002")
+        assert (bundle / "build.log").is_file() and (bundle / "output.tar").is_file()
     for host in cluster.hosts.values():
         with contextlib.closing(host.client()) as client:
             assert lab.leftovers(client) == {"containers": [], "volumes": []}
@@ -244,6 +252,22 @@ def test_killed_worker_loses_and_duplicates_nothing(cluster, tmp_path):
     survivors = [r for r in after if r not in before]
     assert survivors and {r[2] for r in survivors} == {"host-b"}  # the sweep finished on host-b
     assert max(r[3] for r in after) == 2  # host-a's cell was rerun as attempt 2
+    # (run_id, cycle) names one reset cycle: one host and attempt, tries 1..k from its
+    # first trial on; (run_id, reset_index) restarts with the attempt and does not
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        cycles = db.execute(
+            "SELECT run_id, cycle, group_concat(trial), group_concat(since_reset),"
+            " count(DISTINCT host || attempt) FROM"
+            " (SELECT * FROM trials ORDER BY trial) GROUP BY run_id, cycle"
+        ).fetchall()
+        rerun = db.execute(
+            "SELECT run_id FROM trials GROUP BY run_id HAVING count(DISTINCT attempt) > 1"
+        ).fetchall()
+    for run_id, cycle, trials, positions, owners in cycles:
+        trials = [int(t) for t in trials.split(",")]
+        assert owners == 1 and trials[0] == cycle, (run_id, cycle, trials)
+        assert [int(p) for p in positions.split(",")] == list(range(1, len(trials) + 1))
+    assert rerun  # a cell whose reset_index 0 names two cycles, one per attempt
     # host-a's worker died with its registries running; clean removes them
     clean = run_cli("clean", home=victim.home, env={"DOCKER_HOST": victim.engine.host})
     assert clean.returncode == 0, clean.stderr
@@ -279,6 +303,8 @@ def test_worker_lacking_an_image_offline_names_host_and_image(cluster, tmp_path)
             cluster.address,
             "--store",
             str(tmp_path / "s.sqlite"),
+            "--sweep-id",
+            "lacking",
             home=tmp_path,
         )
         assert proc.returncode == 2
@@ -286,6 +312,13 @@ def test_worker_lacking_an_image_offline_names_host_and_image(cluster, tmp_path)
         assert len(lines) == 1, proc.stderr
         assert "host-a" in lines[0] and present_on_b in lines[0], lines[0]
         assert not _rows(tmp_path / "s.sqlite")  # nothing scheduled
+        assert _status(tmp_path / "s.sqlite", "lacking") == "refused"  # not `running`
+        report = run_cli(
+            "report", "--store", str(tmp_path / "s.sqlite"), "--sweep", "lacking", home=tmp_path
+        )
+        assert report.returncode == 0, report.stderr
+        text = (tmp_path / "reports/lacking/report.md").read_text()
+        assert "Sweep `lacking`: **refused**" in text
     finally:
         with contextlib.closing(cluster.hosts["host-b"].client()) as client:
             client.images.remove(present_on_b)
@@ -393,3 +426,164 @@ def test_local_cluster_engine_sweep(docker_client, fixture_images, docker_cli, l
     assert len(rows) == 4 and len({r[2] for r in rows}) == 2  # two local workers
     assert not list((lab_home / "data/engines").glob("*/engine.json"))  # their engines stopped
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
+
+
+# a client that dies mid-cell ----------------------------------------------------
+
+ORPHAN_TRIES = 60  # as in the issue; more than a dead client's cell runs before it stops
+
+
+def _journal(tmp_path: Path, host: str) -> Path:
+    return tmp_path / f"builds-{host}.txt"
+
+
+def _builds(tmp_path: Path, sweep_id: str) -> Counter:
+    """How often each (run_id, trial) of the sweep was built, over every host."""
+    builds: Counter = Counter()
+    for host in HOSTS:
+        path = _journal(tmp_path, host)
+        for line in path.read_text().splitlines() if path.exists() else []:
+            run_id, trial, _ = line.split()
+            if run_id.startswith(f"{sweep_id}-"):
+                builds[(run_id, int(trial))] += 1
+    return builds
+
+
+def _start_journaled_workers(cluster: Cluster, tmp_path: Path) -> None:
+    for host in cluster.hosts.values():
+        cluster.start_worker(
+            host, extra_env={"REPRO_LIB_BUILD_JOURNAL": str(_journal(tmp_path, host.name))}
+        )
+    cluster.wait_for_workers(2)
+
+
+def _start_sweep(cluster: Cluster, tmp_path: Path, store: Path, sweep_id: str, tries: int):
+    env = dict(os.environ, REPRO_LIB_HOME=str(tmp_path), **CONTROLLED_ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "repro_lib", "sweep", *_controlled_engine_args()]
+        + ["--reset-freq", "4", "--tries", str(tries), "--sweep-id", sweep_id]
+        + ["--cluster", cluster.address, "--store", str(store)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _kill_after(proc: subprocess.Popen, store: Path, n: int) -> list[tuple]:
+    """kill -9 the client once its store holds ``n`` trials; returns them."""
+    deadline = time.monotonic() + 240
+    while not (store.exists() and len(_rows(store)) >= n):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep recorded too little"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    return _rows(store)
+
+
+def _only_lanes_on(cluster: Cluster, host: str) -> None:
+    """Leave the lanes resource on ``host`` alone, so the next cell must run there."""
+    from distributed import Client
+
+    async def no_lanes(dask_worker):
+        await dask_worker.set_resources(lanes=0)
+
+    with Client(cluster.address, timeout=30) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        others = [a for a, w in workers.items() if w["name"] != host]
+        client.run(no_lanes, workers=others)
+
+
+def _resume(cluster: Cluster, tmp_path: Path, store: Path, sweep_id: str):
+    return run_cli(
+        "sweep",
+        "--resume",
+        sweep_id,
+        "--cluster",
+        cluster.address,
+        "--store",
+        str(store),
+        "--json",
+        home=tmp_path,
+        env=CONTROLLED_ENV,
+    )
+
+
+def _status(store: Path, sweep_id: str) -> str:
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        return db.execute("SELECT status FROM sweeps WHERE sweep_id = ?", (sweep_id,)).fetchone()[0]
+
+
+def _summary_tries(store: Path, run_id: str) -> int:
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        (summary,) = db.execute("SELECT summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return json.loads(summary)["tries"]
+
+
+@pytest.mark.parametrize("where", ["same-host", "other-host"])
+def test_resume_right_after_the_client_died_records_every_trial_once(cluster, tmp_path, where):
+    """kill -9 of the client mid-cell, then --resume at once: every trial once, `done`.
+
+    The dead client's cell keeps running on its worker; the resumed cell is forced
+    onto that same host (it would wait for the orphan, then skip what the orphan
+    recorded) or onto the other one (it would run beside the orphan).
+    """
+    _start_journaled_workers(cluster, tmp_path)
+    store, sweep_id = tmp_path / "client.sqlite", f"orphan-{where}"
+    run_id = f"{sweep_id}-c000"
+    before = _kill_after(_start_sweep(cluster, tmp_path, store, sweep_id, ORPHAN_TRIES), store, 6)
+    (orphan_host,) = {r[2] for r in before}
+    target = orphan_host if where == "same-host" else next(h for h in HOSTS if h != orphan_host)
+    _only_lanes_on(cluster, target)
+    resumed = _resume(cluster, tmp_path, store, sweep_id)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = _rows(store)
+    assert sorted(r[1] for r in rows) == list(range(1, ORPHAN_TRIES + 1))
+    builds = _builds(tmp_path, sweep_id)
+    assert set(builds) == {(run_id, t) for t in range(1, ORPHAN_TRIES + 1)}
+    assert set(builds.values()) == {1}, [k for k, n in builds.items() if n > 1]  # none twice
+    assert set(before) <= set(rows)
+    resumed_rows = [r for r in rows if r[3] > 1]  # the resume's attempt continues the count
+    assert resumed_rows and {r[2] for r in resumed_rows} == {target}
+    assert _status(store, sweep_id) == "done"
+    assert _summary_tries(store, run_id) == ORPHAN_TRIES  # the runs summary matches trials
+
+
+def test_cells_of_a_dead_client_stop_by_themselves(cluster, tmp_path):
+    from repro_lib.executors.cluster import LEASE_TIMEOUT
+
+    _start_journaled_workers(cluster, tmp_path)
+    store, sweep_id, tries = tmp_path / "client.sqlite", "orphan-alone", 60
+    _kill_after(_start_sweep(cluster, tmp_path, store, sweep_id, tries), store, 3)
+    killed = time.monotonic()
+    built, stable_since = 0, time.monotonic()
+    while time.monotonic() - stable_since < 8:  # no build for a while: the cell stopped
+        now = sum(_builds(tmp_path, sweep_id).values())
+        if now != built:
+            built, stable_since = now, time.monotonic()
+        assert time.monotonic() - killed < LEASE_TIMEOUT + 60, "the orphaned cell kept running"
+        time.sleep(0.5)
+    assert built < tries
+    resumed = _resume(cluster, tmp_path, store, sweep_id)  # no orphan left to wait for
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(_rows(store)) == tries and set(_builds(tmp_path, sweep_id).values()) == {1}
+
+
+def test_a_bundle_over_the_cap_names_what_stayed_on_the_host(tmp_path, monkeypatch):
+    from repro_lib.executors import cluster as dask_cluster
+
+    bundle = tmp_path / "evidence/trial-0002"
+    bundle.mkdir(parents=True)
+    (bundle / "what-was-lost.md").write_text("# What trial 2 lost\n")
+    (bundle / "output.tar").write_bytes(b"x" * 5000)
+    monkeypatch.setattr(dask_cluster, "BUNDLE_CAP", 1000)
+    data = dask_cluster.pack_bundle(bundle, "host-a")
+    run_dir = tmp_path / "client"
+    dask_cluster.unpack_bundle(data, run_dir, "evidence/trial-0002")
+    copy = run_dir / "evidence/trial-0002"
+    assert (copy / "what-was-lost.md").read_text() == "# What trial 2 lost\n"
+    assert not (copy / "output.tar").exists()
+    omitted = (copy / "omitted.txt").read_text()
+    assert f"output.tar (5000 bytes): on host host-a at {bundle / 'output.tar'}" in omitted
+    with pytest.raises(OSError, match="leaves its run directory"):
+        dask_cluster.unpack_bundle(data, run_dir, "../../elsewhere")

@@ -265,3 +265,18 @@ def test_an_old_store_gains_the_shard_columns_when_a_sweep_tags_a_run(sample):
     after = _sql(sample, "SELECT * FROM runs ORDER BY run_id")
     assert [row[:-2] for row in after] == before
     assert [row[-2:] for row in after] == [("1/2", "abc")] + [(None, None)] * (len(before) - 1)
+
+
+def test_merge_keeps_the_cycle_key_beside_stores_from_before_it(sample, tmp_path):
+    from .factories import make_record
+
+    new = tmp_path / "new.sqlite"
+    with Store(new) as st:
+        for trial, cycle in [(1, 1), (2, 1), (3, 3)]:
+            st.append(make_record(trial, run_id="with-cycle", cycle=cycle))
+    out = tmp_path / "out.sqlite"
+    merge_stores(out, [sample, new])
+    df = load_results(out)
+    assert df.loc[df["run_id"] == "with-cycle", "cycle"].tolist() == [1, 1, 3]
+    old = df[df["run_id"] != "with-cycle"]  # the sample's rows: derived, never missing
+    assert old["cycle"].notna().all() and (old["cycle"] <= old["trial"]).all()

@@ -309,3 +309,18 @@ def test_thin_data_has_no_model_sections(tmp_path):
     assert "### Odds ratios" not in text and "### The position model" not in text
     assert "## Do failures cluster" not in text  # K = 1: no cycle holds two tries
     assert "Batches disagree" not in text
+
+
+def test_the_report_says_how_a_sweep_ended(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with Store(path) as st:
+        st.start_sweep("s-refused", {"tries": 5})
+        st.set_sweep_status("s-refused", "refused")  # its start failed a host check
+        st.start_sweep("s-short", {"tries": 5})
+        st.set_sweep_status("s-short", "incomplete")
+        fill(st, "s-short-c000", [("v0.9.0", 1, 1, "ok", 3)], sweep_id="s-short")
+    refused = write_report(path, tmp_path / "a", sweep="s-refused").read_text()
+    assert "Sweep `s-refused`: **refused** (its last start was refused" in refused
+    assert "## No trials" in refused
+    short = write_report(path, tmp_path / "b").read_text()
+    assert "Sweep `s-short`: **incomplete** (it ended with planned trials missing" in short

@@ -130,3 +130,18 @@ def test_write_trials_csv_then_parquet_above_the_threshold(tmp_path):
     from_frame = write_trials(load_results(path), out, csv_max=2)
     assert len(pd.read_parquet(from_frame)) == 5
     assert write_trials(load_results(path), out).name == "trials.csv" and not parquet.exists()
+
+
+def test_cycle_is_kept_or_derived_for_stores_from_before_it(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with Store(path) as st:
+        # rows as older versions stored them: no cycle, and a failed reset kept the
+        # previous try's since_reset
+        for trial, since_reset in [(1, 1), (2, 2), (3, 1), (4, 2)]:
+            st.append(record(trial, since_reset=since_reset))
+        st.append(record(5, "infra_error", since_reset=2, detail="reset failed: engine gone"))
+        st.append(record(6, since_reset=1))
+        st.append(record(7, run_id="r2", since_reset=2, cycle=6))  # a stored key stands
+    df = load_results(path)
+    assert df["cycle"].tolist() == [1, 1, 3, 3, 5, 6, 6]
+    assert str(df["cycle"].dtype) == "Int64"

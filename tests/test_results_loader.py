@@ -61,6 +61,7 @@ _R_INT_COLUMNS = (
     "cache_pulled",
     "cpus",
     "attempt",
+    "cycle",
 )
 _R_REPLICATE = re.compile(r"/rep=\d+$")
 _R_LIST_COLUMNS = ("missing", "layer_digests", "lost_steps", "lost_digests")
@@ -120,6 +121,27 @@ def _reference_derive(raw: pd.DataFrame) -> pd.DataFrame:
             df[column] = pd.Series([None] * len(df), index=df.index, dtype=object)
     for column in _R_INT_COLUMNS:
         df[column] = pd.to_numeric(df[column], errors="coerce").astype("Int64")
+    # the cycle key (added with issue 18): stored, else derived row by row
+    df["cycle"] = pd.Series(
+        [
+            c
+            if not pd.isna(c)
+            else (
+                t
+                if o == Outcome.INFRA_ERROR.value and str(d or "").startswith("reset failed")
+                else t - s + 1
+            )
+            for c, t, s, o, d in zip(
+                df["cycle"],
+                df["trial"],
+                df["since_reset"],
+                df["outcome"],
+                df["detail"],
+                strict=True,
+            )
+        ],
+        index=df.index,
+    ).astype("Int64")
     df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce").astype(float)
     if "privileged" in df.columns:
         df["privileged"] = pd.to_numeric(df["privileged"], errors="coerce").astype("boolean")

@@ -13,9 +13,11 @@ import pytest
 
 from repro_lib import lab
 from repro_lib.bisect import Probe, bisect_versions
-from repro_lib.errors import UsageError
+from repro_lib.errors import InfraError, MissingRequirement, UsageError
 from repro_lib.plan import Plan, load_plan, stop_rule, validate_plan
 from repro_lib.records import Outcome, TrialRecord
+from repro_lib.store import Store
+from repro_lib.sweep import run_sweep
 
 from .conftest import ENGINE_ARGS, repro_lib_cmd, run_cli
 from .factories import make_record
@@ -316,3 +318,93 @@ def _controlled(*, faulty: str, clean: str) -> tuple[dict[str, str], list[str]]:
 
 def _repo_root() -> str:
     return str(__import__("pathlib").Path(__file__).resolve().parents[1])
+
+
+# how a sweep ends, whatever ran its cells ----------------------------------------
+
+
+class _StandInExecutor:
+    """Runs no build: ``run`` writes the records a host would have sent (``per_cell``
+    trials of each cell, with a summary counting only ``summarised`` of them, as one
+    host of several would), or raises ``fail`` from ``prepare`` or ``run``."""
+
+    def __init__(self, *, per_cell=0, summarised=0, refuse=None, crash=None) -> None:
+        self.per_cell, self.summarised = per_cell, summarised
+        self.refuse, self.crash = refuse, crash
+
+    def settle(self, run_ids):
+        pass
+
+    def gather(self, sweep_id, store, *, bundles=None):
+        return 0
+
+    def prepare(self, job):
+        if self.refuse is not None:
+            raise self.refuse
+
+    def slots(self, job):
+        return 1
+
+    def run(self, job, progress):
+        if self.crash is not None:
+            raise self.crash
+        with Store(job.store_path) as store:
+            for cell in job.cells:
+                run_id = cell.run_id(job.sweep_id)
+                store.start_run(run_id, {}, sweep_id=job.sweep_id, cell=cell.key())
+                for trial in range(1, self.per_cell + 1):
+                    store.append(
+                        make_record(trial, run_id=run_id, sweep_id=job.sweep_id, cell=cell.key())
+                    )
+                store.finish_run(run_id, "done", {"tries": self.summarised, "stopped": ""})
+
+    def close(self):
+        pass
+
+
+def _sweep_with(monkeypatch, tmp_path, executor, sweep_id="s-stand-in"):
+    monkeypatch.setattr("repro_lib.sweep.make_executor", lambda *a, **k: executor)
+    plan = validate_plan({"backend": "engine", "reset_freq": [1, 2], "tries": 5})
+    store = tmp_path / "s.sqlite"
+    run = lambda: run_sweep(None, plan, sweep_id=sweep_id, store_path=store, progress=False)  # noqa: E731
+    return run, store
+
+
+def _sweep_status(store, sweep_id="s-stand-in"):
+    with Store(store) as st:
+        return st.sweep(sweep_id)["status"]
+
+
+def test_a_complete_sweep_is_done_and_its_run_summaries_count_the_stored_trials(
+    monkeypatch, tmp_path
+):
+    run, store = _sweep_with(monkeypatch, tmp_path, _StandInExecutor(per_cell=5, summarised=3))
+    outcome = run()
+    assert outcome.status == "done" and [c.tries for c in outcome.cells] == [5, 5]
+    with Store(store) as st:
+        for cell in outcome.cells:
+            assert st.run(cell.run_id)["summary"]["tries"] == 5  # not the one host's 3
+
+
+def test_a_sweep_that_ends_short_is_not_done_and_says_what_is_missing(monkeypatch, tmp_path):
+    run, store = _sweep_with(monkeypatch, tmp_path, _StandInExecutor(per_cell=3, summarised=3))
+    with pytest.raises(InfraError, match=r"4 planned trials \(c000 trials 4–5; c001 trials 4–5\)"):
+        run()
+    assert _sweep_status(store) == "incomplete"
+
+
+@pytest.mark.parametrize(
+    "executor,status",
+    [
+        (_StandInExecutor(refuse=MissingRequirement("host-a lacks image x")), "refused"),
+        (_StandInExecutor(crash=RuntimeError("a bug")), "failed"),
+        (_StandInExecutor(crash=InfraError("cell c000 failed on its worker")), "failed"),
+        (_StandInExecutor(crash=KeyboardInterrupt()), "interrupted"),
+    ],
+    ids=["refused", "crashed", "cell-failed", "interrupted"],
+)
+def test_a_sweep_that_stops_says_how(monkeypatch, tmp_path, executor, status):
+    run, store = _sweep_with(monkeypatch, tmp_path, executor)
+    with pytest.raises((Exception, KeyboardInterrupt)):
+        run()
+    assert _sweep_status(store) == status

@@ -141,7 +141,15 @@ def evidence(run_id: str, trial: int | None, store_path: str | None) -> None:
     run_dir = find_run_dir(paths.runs, run_id)
     for r in failed:
         bundle = run_dir / r.evidence_path if run_dir and r.evidence_path else None
-        click.echo(f"== {run_id} trial {r.trial}: {bundle or 'bundle not on this machine'}")
+        if bundle is not None and not bundle.is_dir():
+            bundle = None
+        where = (
+            f"bundle not on this machine; host {r.host or '(not recorded)'} keeps it in its"
+            f" data/runs/*/{run_id}/{r.evidence_path}"
+            if r.evidence_path
+            else "no bundle recorded"
+        )
+        click.echo(f"== {run_id} trial {r.trial}: {bundle or where}")
         lost = bundle / "what-was-lost.md" if bundle else None
         if lost is not None and lost.is_file():
             click.echo(lost.read_text())

@@ -70,8 +70,18 @@ class Executor(Protocol):
             InfraError: a host cannot be reached.
         """
 
-    def gather(self, sweep_id: str, store: Store) -> int:
-        """Copy records that hosts kept but the store lacks (after a client crash)."""
+    def settle(self, run_ids: list[str]) -> None:
+        """Before anything is gathered or scheduled: stop, and wait for, cells of these
+        runs that an earlier client (now dead) left running on their hosts, so a
+        resume never runs beside them.
+
+        Raises:
+            UsageError: a live client runs some of them now.
+        """
+
+    def gather(self, sweep_id: str, store: Store, *, bundles: Path | None = None) -> int:
+        """Copy records that hosts kept but the store lacks (after a client crash),
+        and their failures' evidence bundles into ``bundles/<run id>/``."""
 
     def run(self, job: SweepJob, progress: SweepProgress) -> None:
         """Run every cell of ``job``; each record reaches the store exactly once.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from pathlib import Path
 
 import docker
 
@@ -104,7 +105,10 @@ class LocalLanes:
             for image in job.images:
                 lab.ensure_image(self.client, image, offline=bool(job.plan.batch.get("offline")))
 
-    def gather(self, sweep_id: str, store: Store) -> int:
+    def settle(self, run_ids: list[str]) -> None:
+        pass  # lanes are threads of this process: they die with it
+
+    def gather(self, sweep_id: str, store: Store, *, bundles: Path | None = None) -> int:
         return 0  # lanes write to the store directly
 
     def close(self) -> None:
