@@ -261,3 +261,14 @@ def test_a_planted_back_import_is_caught(tmp_path, monkeypatch, source, planted,
     monkeypatch.setitem(globals(), "PACKAGE", copy)
     with pytest.raises(AssertionError):
         globals()[check]()
+
+
+def test_the_architecture_doc_names_every_layer_entry():
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    missing = [
+        name
+        for layer in LAYERS
+        for name in layer
+        if name != ROOT and f"`{name.rpartition('.')[2]}" not in doc
+    ]
+    assert not missing, f"docs/architecture.md does not name {missing}"

@@ -1,7 +1,7 @@
 """Executors: how a sweep's cells get run. Cells go in, trial records come out.
 
-A sweep (:mod:`repro_lib.sweep`) plans cells and owns the store; an executor
-runs cells and hands back every record. Two implementations share the small
+A sweep (:mod:`repro_lib.sweep`) takes a plan's cells (:mod:`repro_lib.plan`)
+and owns the store; an executor runs cells and hands back every record. Two implementations share the small
 :class:`Executor` interface:
 
 * :class:`~repro_lib.executors.lanes.LocalLanes` - threads on this machine's
