@@ -6,9 +6,8 @@ __all__ = ["__version__", "load_results"]
 
 
 def __getattr__(name: str):
-    # Imported lazily so that `import repro_lib` stays cheap for the CLI.
     if name == "load_results":
-        from .results import load_results
+        from .results import load_results  # why: `import repro_lib` stays cheap for the CLI
 
         return load_results
     raise AttributeError(name)

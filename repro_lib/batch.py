@@ -26,10 +26,12 @@ from . import forensics, lab
 from .builders import BatchEnv, backend_class, supports
 from .config import Paths
 from .errors import InfraError, UsageError
+from .progress import BatchProgress
 from .records import Outcome, TrialRecord, evidence
 from .scenario import Scenario, load_scenario
+from .stats import cycle_rate, records_frame
 from .store import Store
-from .trials import TrialContext, positions_of_failures, run_trials, validate_counts
+from .trials import TrialContext, classify, positions_of_failures, run_trials, validate_counts
 
 DOCKER_HUB = "https://registry-1.docker.io"
 _CAPABILITY = re.compile(r"(CAP_)?[A-Za-z_]+")
@@ -153,8 +155,6 @@ class BatchSummary:
     def of(
         cls, run_id: str, backend: Any, reset_freq: int, records: list[TrialRecord], **extra: Any
     ) -> BatchSummary:
-        from .stats import cycle_rate, records_frame
-
         failures, counted = evidence(records)
         rate = cycle_rate(records_frame(records))  # reset cycles as clusters
         return cls(
@@ -326,7 +326,7 @@ def reap_dead_run_dirs(paths: Paths) -> list[Path]:
             data = json.loads(owner.read_text())
         except (OSError, ValueError):
             data = {}
-        if lab._owner_alive(
+        if lab.owner_alive(
             {
                 lab.OWNER_PID_LABEL: str(data.get("pid", "")),
                 lab.OWNER_HOST_LABEL: data.get("host", ""),
@@ -467,8 +467,6 @@ def _export_and_check(backend: Any, scenario: Scenario) -> forensics.Reference |
     Returns what a complete output looks like (the export build's layers or
     file tree), the reference that failed tries are compared with.
     """
-    from .trials import classify
-
     output = backend.export_cache()
     if output.tarball is None:
         return None
@@ -502,8 +500,6 @@ def reproduce(
     Raises:
         ReproError: a usage, requirement or infrastructure error (see ``repro_lib.errors``).
     """
-    from .progress import BatchProgress
-
     options.validate()
     paths = paths or Paths.from_env()
     scenario = load_scenario(options.scenario, base_image=options.base_image)

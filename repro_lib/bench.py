@@ -41,10 +41,12 @@ import pandas as pd
 
 from . import stats
 from .config import Paths
+from .executors.cluster import close_cluster, open_cluster
+from .plan import Plan
 from .records import evidence
 from .results import derive
 from .store import Store
-from .sweep import Plan, run_sweep
+from .sweep import run_sweep
 
 MIN_BATCHES = 3  # replicate batches per configuration, so a rate check can test agreement
 PHASES = (
@@ -288,8 +290,6 @@ def _cluster_client(cluster: str | None, lanes: int) -> Iterator[Any]:
     if cluster is None:
         yield None
         return
-    from .executors.cluster import close_cluster, open_cluster
-
     dask_client = open_cluster(cluster, lanes=lanes)
     # a long-lived cluster has imported the lab already; a fresh one must not bill it to throughput
     dask_client.wait_for_workers(1, timeout=60)
@@ -301,6 +301,7 @@ def _cluster_client(cluster: str | None, lanes: int) -> Iterator[Any]:
 
 
 def _import_lab() -> bool:
+    # why: runs on each Dask worker, to load the lab there before the clock starts
     import repro_lib.executors.cluster  # noqa: F401
     import repro_lib.sweep  # noqa: F401
 

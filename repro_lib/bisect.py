@@ -10,7 +10,8 @@ import docker
 
 from .config import Paths
 from .errors import UsageError
-from .sweep import Plan, run_sweep
+from .plan import Plan
+from .sweep import run_sweep
 
 
 @dataclass

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .forensics import find_run_dir
 from .results import version_key
 from .stats import failure_rate, format_pct, rates_by
 
@@ -446,8 +447,6 @@ def _bundles(df: pd.DataFrame, runs_dir: Path | None, most: int) -> list[tuple[s
     """Up to ``most`` failure evidence bundles on this machine, one per run, oldest first."""
     if runs_dir is None or most <= 0 or df.empty or "evidence_path" not in df.columns:
         return []
-    from .forensics import find_run_dir
-
     failed = df[df["failed"] & df["evidence_path"].fillna("").astype(str).ne("")]
     out: list[tuple[str, Path]] = []
     for row in failed.drop_duplicates("run_id").itertuples(index=False):

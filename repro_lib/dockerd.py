@@ -211,7 +211,7 @@ def reap_orphans(paths: Paths) -> list[str]:
             lab.OWNER_PID_LABEL: str(engine.owner_pid),
             lab.OWNER_HOST_LABEL: engine.owner_host,
         }
-        if lab._owner_alive(owner):
+        if lab.owner_alive(owner):
             continue
         stop(paths, engine.name)
         remove_data(paths, engine.name)

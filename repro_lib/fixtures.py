@@ -20,6 +20,7 @@ import docker
 import docker.errors
 
 from .errors import MissingRequirement
+from .lab import connect
 
 REGISTRY_FIXTURE = "repro-lib-fixture/registry:2"
 BASE_FIXTURE = "repro-lib-fixture/busybox:latest"
@@ -165,8 +166,6 @@ def build_fixtures(client: docker.DockerClient, *, force: bool = False) -> dict[
 
 
 def main() -> None:
-    from .lab import connect
-
     for ref, image_id in build_fixtures(connect(), force=bool(os.environ.get("FORCE"))).items():
         print(f"{ref} {image_id[:19]}")
 

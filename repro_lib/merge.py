@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .shard import plan_digest
+from .plan import plan_digest
 from .store import SCHEMA_VERSION, Store, utcnow
 
 PROVENANCE_SQL = """

@@ -22,7 +22,10 @@ from typing import Any
 import pandas as pd
 
 from . import plots, stats
+from .comment import write_github
 from .config import Paths
+from .forensics import find_run_dir
+from .merge import merged_view
 from .results import (
     ANALYSIS_COLUMNS,
     derive,
@@ -117,8 +120,6 @@ def write_report(
         The store file does not exist.
     """
     if isinstance(store_or_df, (list, tuple)):
-        from .merge import merged_view
-
         label = ", ".join(f"`{Path(p).name}`" for p in store_or_df)
         with merged_view(store_or_df) as merged:
             return _write(
@@ -184,8 +185,6 @@ def _write(
     report = out / "report.md"
     report.write_text(text, encoding="utf-8")
     if github:
-        from .comment import write_github
-
         scope = (
             f"sweep `{sweep}`" if sweep else f"run `{run}`" if run else f"all trials in {source}"
         )
@@ -220,8 +219,6 @@ def default_command(runs: Iterable[dict[str, Any]]) -> str | None:
 
 # helpers -----------------------------------------------------------------
 def _default_store() -> Path:
-    from .config import Paths
-
     return Paths.from_env().store
 
 
@@ -858,8 +855,6 @@ def _what_was_lost(df: pd.DataFrame, batches: dict[str, Any], runs_dir: Path | N
         lines += ["", f"### The exported cache of run `{facts.run_id}`", "", *facts.describe()]
     example = failed[failed["evidence_path"].fillna("").astype(str) != ""].head(1)
     if len(example) and runs_dir is not None:
-        from .forensics import find_run_dir
-
         row = example.iloc[0]
         run_dir = find_run_dir(runs_dir, row["run_id"])
         bundle = run_dir / row["evidence_path"] if run_dir else None

@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from .errors import InfraError, UsageError
+from .forensics import CacheFacts
 from .records import TRIAL_COLUMNS, TrialRecord
 
 #: seconds a writer waits for another one (SQLite's busy timeout), also while
@@ -491,8 +492,6 @@ class Store:
         self._insert("batches", row, f"the cache facts of {facts.run_id}", or_ignore=True)
 
     def batch(self, run_id: str) -> Any:
-        from .forensics import CacheFacts
-
         try:
             row = self._db.execute("SELECT * FROM batches WHERE run_id = ?", (run_id,)).fetchone()
         except sqlite3.OperationalError:  # a read-only store from before batches

@@ -1,8 +1,9 @@
 """Sweeps: a grid of cells (version × cache version × reset frequency × cache × mode),
 resumable, with early stopping.
 
-The sweep plans cells and owns the store; an executor (:mod:`repro_lib.executors`:
-local lanes, or a Dask cluster of Docker hosts) runs them. Every cell is one
+The sweep takes the cells of a :mod:`repro_lib.plan` and owns the store; an
+executor (:mod:`repro_lib.executors`: local lanes, or a Dask cluster of Docker
+hosts) runs them. Every cell is one
 :func:`repro_lib.batch.run_batch` with a deterministic run id
 (``<sweep id>-c<index>``), so resuming a sweep reruns exactly the trials its
 cells are missing. Bisection over versions lives in :mod:`repro_lib.bisect`.
@@ -10,270 +11,36 @@ cells are missing. Bisection over versions lives in :mod:`repro_lib.bisect`.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import docker
-import tomllib
 
 from . import lab, stats
-from .batch import BatchOptions
-from .builders import backend_class, supports
+from .batch import BatchSummary
 from .config import Paths
 from .errors import InfraError, ReproError, UsageError
+from .executors import SweepJob
+from .executors.cluster import DaskExecutor
+from .executors.lanes import LocalLanes
+from .plan import (
+    Cell,
+    Plan,
+    format_shard,
+    plan_digest,
+    shard_cells,
+    stop_rule,
+    validate_plan,
+)
+from .progress import SweepProgress
 from .records import Outcome, TrialRecord, evidence
 from .scenario import load_scenario
-from .shard import format_shard, plan_digest, shard_cells
 from .store import Store
-
-AXES = ("versions", "cache_versions", "reset_freq", "cache", "mode")
-SETTINGS = (
-    "backend",
-    "tries",
-    "lanes",
-    "until_confident",
-    "max_rate",
-    "alpha",
-    "min_tries",
-    "replicates",
-)
-#: BatchOptions fields a plan may set once for every cell
-BATCH_FIELDS = (
-    "offline",
-    "base_image",
-    "registry_image",
-    "scenario",
-    "output",
-    "privileged",
-    "security_opt",
-    "cap_add",
-    "cap_drop",
-    "rootful_weak_isolation",
-    "buildkitd_flags",
-    "hub_url",
-    "allow_prune",
-    "docker_cli",
-    "build_timeout",
-    "debug_failures",
-)
-
-
-def resolve_version(version: str) -> str:
-    """``v0.9.0`` -> ``moby/buildkit:v0.9.0-rootless``; a full image name stays as it is."""
-    version = version.strip()
-    if not version:
-        raise UsageError("empty version in the list")
-    if "/" in version or ":" in version:
-        return version
-    if not version.startswith("v"):
-        raise UsageError(f"version {version!r} is neither vX.Y.Z nor an image name")
-    return f"moby/buildkit:{version}-rootless"
-
-
-def default_lanes() -> int:
-    return max(1, os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class Cell:
-    index: int
-    image: str
-    cache_image: str | None
-    reset_freq: int
-    cache: str
-    mode: str
-    backend: str
-    replicate: int = 0
-    replicates: int = 1
-
-    def key(self) -> str:
-        from .builders import version_of_image
-
-        version = version_of_image(self.image) if self.backend == "container" else self.image
-        parts = [f"backend={self.backend}", f"version={version}"]
-        if self.cache_image and self.cache_image != self.image:
-            parts.append(f"cache_version={version_of_image(self.cache_image)}")
-        mode = self.mode if self.backend == "container" else "engine"
-        parts += [f"cache={self.cache}", f"reset={self.reset_freq}", f"mode={mode}"]
-        if self.replicates > 1:
-            parts.append(f"rep={self.replicate}")
-        return "/".join(parts)
-
-    def run_id(self, sweep_id: str) -> str:
-        return f"{sweep_id}-c{self.index:03d}"
-
-
-@dataclass
-class Plan:
-    """A sweep's axes and settings; every list is an axis of the grid."""
-
-    versions: list[str]
-    reset_freq: list[int]
-    cache: list[str]
-    mode: list[str]
-    cache_versions: list[str] | None = None
-    backend: str = "container"
-    tries: int = 100
-    lanes: int = field(default_factory=default_lanes)
-    until_confident: bool = False
-    max_rate: float = 0.01
-    alpha: float = 0.05
-    min_tries: int = 1
-    replicates: int = 1  # identical cells, e.g. to spread one configuration over lanes
-    batch: dict[str, Any] = field(default_factory=dict)
-
-    def cells(self) -> list[Cell]:
-        images = [resolve_version(v) if self.backend == "container" else v for v in self.versions]
-        exporters: list[str | None] = (
-            [resolve_version(v) for v in self.cache_versions] if self.cache_versions else [None]
-        )
-        product = itertools.product(
-            images, exporters, self.reset_freq, self.cache, self.mode, range(self.replicates)
-        )
-        return [
-            Cell(i, image, cache_image, k, cache, mode, self.backend, rep, self.replicates)
-            for i, (image, cache_image, k, cache, mode, rep) in enumerate(product)
-        ]
-
-    def batch_options(self, cell: Cell, command: str = "") -> BatchOptions:
-        return BatchOptions(
-            backend=self.backend,
-            image=cell.image,
-            cache_image=cell.cache_image,
-            tries=self.tries,
-            reset_freq=cell.reset_freq,
-            cache=cell.cache,
-            mode=cell.mode,
-            command=command,
-            **self.batch,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _as_list(name: str, value: Any, kind: type) -> list[Any]:
-    if isinstance(value, str):
-        value = [v for v in (p.strip() for p in value.split(",")) if v != ""]
-    elif not isinstance(value, list):
-        value = [value]
-    if not value:
-        raise UsageError(f"{name} is an empty list")
-    out = []
-    for v in value:
-        try:
-            out.append(kind(v))
-        except (TypeError, ValueError):
-            raise UsageError(f"{name}: {v!r} is not a valid {kind.__name__}") from None
-    if len(set(out)) != len(out):
-        dup = sorted({v for v in out if out.count(v) > 1}, key=str)
-        raise UsageError(f"{name} lists {', '.join(map(str, dup))} more than once")
-    return out
-
-
-def validate_plan(raw: dict[str, Any]) -> Plan:
-    """Turn a plan (from a file or the command line) into a checked :class:`Plan`.
-
-    Raises:
-        UsageError: unknown key, empty or duplicated list, or a bad number.
-    """
-    known = set(AXES) | set(SETTINGS) | set(BATCH_FIELDS) | {"batch"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UsageError(
-            f"unknown plan key {', '.join(unknown)}",
-            hint=f"axes are {', '.join(AXES)}; settings {', '.join(SETTINGS)}",
-        )
-    backend = str(raw.get("backend", "container"))
-    factory = backend_class(backend)
-    default_cache = factory.cache_types[0]
-    batch = dict(raw.get("batch") or {})
-    batch.update({k: raw[k] for k in BATCH_FIELDS if k in raw})
-    plan = Plan(
-        versions=_as_list(
-            "versions",
-            raw.get("versions", ["engine"] if backend != "container" else None) or [],
-            str,
-        ),
-        reset_freq=_as_list("reset_freq", raw.get("reset_freq", [4]), int),
-        cache=_as_list("cache", raw.get("cache", [default_cache]), str),
-        mode=_as_list("mode", raw.get("mode", ["daemonless"]), str),
-        cache_versions=_as_list("cache_versions", raw["cache_versions"], str)
-        if raw.get("cache_versions")
-        else None,
-        backend=backend,
-        tries=_number("tries", raw.get("tries", 100), int, minimum=1),
-        lanes=_number("lanes", raw.get("lanes", default_lanes()), int, minimum=1),
-        until_confident=bool(raw.get("until_confident", False)),
-        max_rate=_number(
-            "max_rate", raw.get("max_rate", 0.01), float, minimum=1e-6, maximum=0.999999
-        ),
-        alpha=_number("alpha", raw.get("alpha", 0.05), float, minimum=1e-6, maximum=0.5),
-        min_tries=_number("min_tries", raw.get("min_tries", 1), int, minimum=1),
-        replicates=_number("replicates", raw.get("replicates", 1), int, minimum=1),
-        batch=batch,
-    )
-    for k in plan.reset_freq:
-        if k < 1:
-            raise UsageError(f"reset_freq must be at least 1 (got {k})")
-    for cache in plan.cache:
-        if cache not in factory.cache_types:
-            raise UsageError(
-                f"cache {cache!r}: the {backend} backend takes {', '.join(factory.cache_types)}"
-            )
-    for mode in plan.mode:
-        if mode not in ("daemonless", "daemon"):
-            raise UsageError(f"mode {mode!r} needs daemonless or daemon")
-        if mode == "daemon" and not supports(factory, "daemon-mode"):
-            raise UsageError(f"mode daemon applies to a backend with its own daemon, not {backend}")
-    if backend == "container":
-        for v in plan.versions + (plan.cache_versions or []):
-            resolve_version(v)
-    elif plan.cache_versions:
-        raise UsageError("cache_versions applies to the container backend only")
-    unknown_batch = sorted(set(batch) - set(BATCH_FIELDS))
-    if unknown_batch:
-        raise UsageError(f"unknown plan key {', '.join(unknown_batch)}")
-    return plan
-
-
-def _number(
-    name: str, value: Any, kind: type, *, minimum: float, maximum: float | None = None
-) -> Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{name}: {value!r} is not a valid {kind.__name__}") from None
-    if isinstance(value, bool) or number < minimum or (maximum is not None and number > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise UsageError(f"{name} must be {bound} (got {value!r})")
-    return number
-
-
-def load_plan(path: str | Path, **overrides: Any) -> Plan:
-    """Read a TOML plan file; command-line values in ``overrides`` win.
-
-    Raises:
-        UsageError: the file is missing or malformed, or the plan is invalid.
-    """
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(f"plan file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"plan file {path} is not valid TOML: {exc}") from None
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    return validate_plan(raw)
-
-
-# running ---------------------------------------------------------------------
 
 
 def new_sweep_id() -> str:
@@ -310,27 +77,6 @@ class SweepOutcome:
         return [asdict(c) for c in self.cells]
 
 
-def stop_rule(plan: Plan) -> Callable[[list[TrialRecord]], stats.StopDecision] | None:
-    """The ``--until-confident`` rule: ``stats.should_stop`` with the cell's complete
-    reset cycles, so a clean stop keeps its error rate when failures cluster in a cycle."""
-    if not plan.until_confident:
-        return None
-
-    def decide(records: list[TrialRecord]) -> stats.StopDecision:
-        k, n = evidence(records)
-        cycles = stats.complete_cycles(stats.records_frame(records)) if k == 0 else None
-        return stats.should_stop(
-            k,
-            n,
-            max_rate=plan.max_rate,
-            alpha=plan.alpha,
-            min_tries=plan.min_tries,
-            cycles=cycles,
-        )
-
-    return decide
-
-
 def run_sweep(
     client: docker.DockerClient | None,
     plan: Plan,
@@ -358,9 +104,6 @@ def run_sweep(
     Raises:
         ReproError: a usage or environment problem that stops the whole sweep.
     """
-    from .executors import SweepJob
-    from .progress import SweepProgress
-
     paths = paths or Paths.from_env()
     store_path = Path(store_path or paths.store)
     sweep_id = sweep_id or new_sweep_id()
@@ -463,8 +206,6 @@ def _reconcile(
     """Make each cell's ``runs`` summary count what ``trials`` holds (hosts and
     attempts each summarised only what they ran), mark the complete cells done, and
     return the trials the others still lack, by run id."""
-    from .batch import BatchSummary
-
     short: dict[str, list[int]] = {}
     for cell in cells:
         run_id = cell.run_id(sweep_id)
@@ -518,11 +259,7 @@ def make_executor(
     if cluster is None:
         if client is None:
             raise UsageError("local lanes need a Docker engine client")
-        from .executors.lanes import LocalLanes
-
         return LocalLanes(client)
-    from .executors.cluster import DaskExecutor
-
     return DaskExecutor.connect(cluster, lanes=plan.lanes, client=client, paths=paths)
 
 

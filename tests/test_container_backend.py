@@ -18,7 +18,8 @@ import tarfile
 import pytest
 
 from repro_lib import lab
-from repro_lib.builders.container import ROOTLESS_STATE, ContainerBackend, buildkitd_config
+from repro_lib.builders.container import ContainerBackend, buildkitd_config
+from repro_lib.builders.container_flags import ROOTLESS_STATE
 from repro_lib.fixtures import busybox_rootfs
 
 from .conftest import CONTAINER_ARGS, run_cli

@@ -185,7 +185,7 @@ def test_registry_moves_on_when_its_chosen_port_is_taken(
         taken.listen()
         busy = taken.getsockname()[1]
         ports = iter([busy, lab.free_port()])
-        monkeypatch.setattr(lab, "free_port", lambda: next(ports))
+        monkeypatch.setattr(lab.registry, "free_port", lambda: next(ports))
         run_id = lab.new_run_id("t")
         with lab.Registry(
             docker_client, run_id, role="cache", image=fixture_images["registry"]

@@ -15,7 +15,8 @@ import pytest
 
 from repro_lib import lab
 from repro_lib.builders import BatchEnv
-from repro_lib.builders.container import ROOTLESS_STATE, ContainerBackend
+from repro_lib.builders.container import ContainerBackend
+from repro_lib.builders.container_flags import ROOTLESS_STATE
 from repro_lib.errors import InfraError
 from repro_lib.scenario import load_scenario
 from repro_lib.store import Store

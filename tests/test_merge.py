@@ -190,8 +190,7 @@ def test_other_tables_and_newer_columns_are_copied_generically(sample, tmp_path)
 
 
 def _sweep_store(path: Path, sweep_id: str, tries: int, shard: str) -> None:
-    from repro_lib.shard import plan_digest
-    from repro_lib.sweep import validate_plan
+    from repro_lib.plan import plan_digest, validate_plan
 
     plan = validate_plan({"backend": "engine", "reset_freq": [1, 2, 3], "tries": tries})
     with Store(path) as store:

@@ -9,15 +9,15 @@ import sys
 import pytest
 
 from repro_lib.errors import UsageError
-from repro_lib.shard import (
+from repro_lib.plan import (
     check_sweep_id,
     parse_shard,
     partition,
     plan_digest,
     shard_cells,
     shard_to_resume,
+    validate_plan,
 )
-from repro_lib.sweep import validate_plan
 
 BAD_SHARDS = ["0/3", "4/3", "1/0", "3", "a/b", "1/3/2", "-1/3", "", "1.5/3"]
 
@@ -72,8 +72,8 @@ def test_partition_and_digest_do_not_depend_on_dict_order_or_process():
     )
     assert plan_digest(plan) == plan_digest(reordered)
     code = (
-        "import json; from repro_lib.sweep import validate_plan; "
-        "from repro_lib.shard import partition, plan_digest; "
+        "import json; from repro_lib.plan import validate_plan; "
+        "from repro_lib.plan import partition, plan_digest; "
         f"p = validate_plan(json.loads({json.dumps(json.dumps({**plan.as_dict(), **plan.batch, 'batch': None}))})); "
         "print(json.dumps([plan_digest(p), [[c.index for c in part] for part in partition(p, 3)]]))"
     )

@@ -18,8 +18,7 @@ import pytest
 
 from repro_lib import lab
 from repro_lib.fixtures import BASE_FIXTURE, REGISTRY_FIXTURE
-from repro_lib.shard import partition, plan_digest
-from repro_lib.sweep import validate_plan
+from repro_lib.plan import partition, plan_digest, validate_plan
 
 from . import workflow
 from .conftest import ENGINE_ARGS, repro_lib_cmd, run_cli

@@ -14,9 +14,10 @@ import pytest
 from repro_lib import lab
 from repro_lib.bisect import Probe, bisect_versions
 from repro_lib.errors import InfraError, MissingRequirement, UsageError
+from repro_lib.plan import Plan, load_plan, stop_rule, validate_plan
 from repro_lib.records import Outcome, TrialRecord
 from repro_lib.store import Store
-from repro_lib.sweep import Plan, load_plan, run_sweep, stop_rule, validate_plan
+from repro_lib.sweep import run_sweep
 
 from .conftest import ENGINE_ARGS, repro_lib_cmd, run_cli
 from .factories import make_record

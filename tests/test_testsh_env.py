@@ -33,7 +33,7 @@ def recorded(monkeypatch, tmp_path):
         return batch.BatchSummary.of("r-test", _Backend(options), options.reset_freq, [])
 
     monkeypatch.setattr(batch, "reproduce", fake_batch)
-    monkeypatch.setattr(cli, "_client", lambda host: None)
+    monkeypatch.setattr(cli.running, "client_for", lambda host: None)
     monkeypatch.setenv("REPRO_LIB_HOME", str(tmp_path))
 
     def invoke(*args, env=None):

@@ -5,6 +5,8 @@
 ``buildkitd`` container per reset cycle and runs each try with ``buildctl``
 inside it. The context, config and outputs move through the Docker archive API,
 so no host directory has to be shared with the unprivileged BuildKit user.
+What each container is given (security flags, mounts, entrypoint) is worked
+out in :mod:`repro_lib.builders.container_flags`; this module runs the tries.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import docker.errors
 import requests
 
 from .. import lab
-from ..errors import BuildFailed, InfraError, PrivilegesRefused, UsageError
-from . import (
+from ..errors import BuildFailed, InfraError, UsageError
+from .base import (
     BatchEnv,
     BuildOutput,
     base_pull_error,
@@ -37,24 +39,19 @@ from . import (
     version_of_image,
     write_log,
 )
+from .container_flags import (
+    WEAK_OPTION,
+    create_kwargs,
+    is_rootless,
+    refusal,
+    security_profile,
+)
 
 STAGE = "/tmp/repro-lib"
 CONTEXT_DIR = f"{STAGE}/ctx"
 OUTPUT_DIR = f"{STAGE}/out"
 CACHE_DIR = f"{STAGE}/cache"
 CONFIG_PATH = f"{STAGE}/config.toml"
-ROOTLESS_STATE = "/home/user/.local/share/buildkit"
-ROOTLESS_SOCKET = "unix:///run/user/1000/buildkit/buildkitd.sock"
-ROOTFUL_SOCKET = "unix:///run/buildkit/buildkitd.sock"
-ROOTFUL_STATE = "/var/lib/buildkit"
-ROOTLESS_SECURITY = ("seccomp=unconfined", "apparmor=unconfined")
-# Rootful BuildKit where --privileged is refused (DESIGN.md: a VM whose bounding set
-# lacks CAP_SYS_RESOURCE). Every piece lowers the container's isolation from its host.
-WEAK_CAP_ADD = ("ALL",)
-WEAK_CAP_DROP = ("SYS_RESOURCE",)
-WEAK_SECURITY = ("seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined")
-CGROUP_ROOT = "/sys/fs/cgroup"  # RUN steps on cgroup v1 need it writable; a remount inside fails
-WEAK_OPTION = "--rootful-weak-isolation"
 OUTPUT_TYPES = ("tar", "oci")
 MODES = ("daemonless", "daemon")
 CACHE_TYPES = ("registry", "local")
@@ -68,11 +65,6 @@ def buildkitd_config(mirror: str | None, insecure_hosts: list[str]) -> str:
     for host in dict.fromkeys(([mirror] if mirror else []) + insecure_hosts):
         lines += [f'[registry."{host}"]', "  http = true", "  insecure = true", ""]
     return "\n".join(lines)
-
-
-def is_rootless(image: str, attrs: dict[str, Any] | None = None) -> bool:
-    user = ((attrs or {}).get("Config") or {}).get("User") or ""
-    return image.split("@")[0].endswith("-rootless") or user not in ("", "root", "0", "0:0")
 
 
 @register("container")
@@ -209,37 +201,18 @@ class ContainerBackend:
 
     def _profile(self, image: str) -> dict[str, Any]:
         """Path of the state volume and the security flags for one image."""
-        attrs = self.env.client.images.get(image).attrs  # type: ignore[union-attr]
-        rootless = is_rootless(image, attrs)
-        weak = self.weak_isolation and not rootless
-        privileged = (
-            (not rootless and not weak) if self._privileged_opt is None else self._privileged_opt
+        return security_profile(
+            image,
+            self.env.client.images.get(image).attrs,  # type: ignore[union-attr]
+            privileged=self._privileged_opt,
+            security_opt=self._security_opt,
+            cap_add=self._cap_add,
+            cap_drop=self._cap_drop,
+            weak_isolation=self.weak_isolation,
+            buildkitd_flags=self.buildkitd_flags,
+            config_path=CONFIG_PATH,
+            cgroup_version=self._cgroup_version,
         )
-        cap_add, cap_drop, mounts = list(self._cap_add), list(self._cap_drop), []
-        if weak:
-            cap_add = [*WEAK_CAP_ADD, *cap_add]
-            cap_drop = [*WEAK_CAP_DROP, *cap_drop]
-            if self._cgroup_version() == "1":
-                mounts = [f"{CGROUP_ROOT}:{CGROUP_ROOT}:rw"]
-        if self._security_opt is not None:
-            security = list(self._security_opt)
-        elif weak:
-            security = list(WEAK_SECURITY)
-        else:
-            security = [] if privileged else list(ROOTLESS_SECURITY)
-        flags = "--oci-worker-no-process-sandbox " if rootless else ""
-        flags += f"--config {CONFIG_PATH} {self.buildkitd_flags}".strip()
-        return {
-            "rootless": rootless,
-            "state_path": ROOTLESS_STATE if rootless else ROOTFUL_STATE,
-            "privileged": privileged,
-            "security_opt": security,
-            "cap_add": list(dict.fromkeys(cap_add)),
-            "cap_drop": list(dict.fromkeys(cap_drop)),
-            "mounts": mounts,
-            "weak_isolation": weak,
-            "buildkitd_flags": flags.strip(),
-        }
 
     def _cgroup_version(self) -> str:
         """The engine host's cgroup version ("1" or "2"); the engine may be remote."""
@@ -341,35 +314,16 @@ class ContainerBackend:
                 "weak_isolation",
             )
         }
-        volumes = {self.state.name: {"bind": profile["state_path"], "mode": "rw"}}
-        for mount in profile["mounts"]:
-            host, inside, mode = mount.split(":")
-            volumes[host] = {"bind": inside, "mode": mode}
-        kwargs: dict[str, Any] = {
-            "image": image,
-            "command": command,
-            "name": name,
-            "environment": {"BUILDKITD_FLAGS": profile["buildkitd_flags"]},
-            "network_mode": "host",
-            "volumes": volumes,
-            "labels": lab.role_labels(env.label_id, role, keep=env.keep),
-            "security_opt": profile["security_opt"],
-            "privileged": profile["privileged"],
-        }
-        if profile["cap_add"]:
-            kwargs["cap_add"] = profile["cap_add"]
-        if profile["cap_drop"]:
-            kwargs["cap_drop"] = profile["cap_drop"]
-        if role == "buildkit-daemon":
-            kwargs["entrypoint"] = (["rootlesskit"] if profile["rootless"] else []) + ["buildkitd"]
-            kwargs["command"] = shlex.split(profile["buildkitd_flags"])
-            if self.daemon_addr:
-                # the image's own socket for `docker exec`, and loopback TCP for the host's buildctl
-                own = ROOTLESS_SOCKET if profile["rootless"] else ROOTFUL_SOCKET
-                kwargs["command"] += ["--addr", own, "--addr", self.daemon_addr]
-        else:
-            kwargs["entrypoint"] = ["buildctl-daemonless.sh"]
-        return kwargs
+        return create_kwargs(
+            image,
+            command,
+            name=name,
+            role=role,
+            profile=profile,
+            state_volume=self.state.name,
+            labels=lab.role_labels(env.label_id, role, keep=env.keep),
+            daemon_addr=self.daemon_addr,
+        )
 
     # the three verbs --------------------------------------------------------
     def export_cache(self) -> BuildOutput:
@@ -713,67 +667,6 @@ def _output(
     if not steps:  # no step lines (an unexpected log format): cannot tell, rather than "no hits"
         return BuildOutput(tarball, log, seconds, phases=phases)
     return BuildOutput(tarball, log, seconds, phases=phases, cache_hits=hits, cache_steps=steps)
-
-
-def refusal(text: str, kwargs: dict[str, Any], command: str = "") -> PrivilegesRefused | None:
-    """A refusal of the container's privileges in an engine error or a BuildKit log, explained.
-
-    Such a host fails every try the same way, so the batch must stop with the way
-    out instead of piling up infra or build errors that say nothing about BuildKit.
-    """
-    low = text.lower()
-    if "unable to apply caps" in low:
-        line = _line_with(text, "unable to apply caps")
-        if kwargs.get("privileged"):
-            return PrivilegesRefused(
-                f"this engine refuses --privileged containers ({line}); its host lacks"
-                " capabilities a privileged container gets",
-                hint=f"run instead: {_weak_command(command, kwargs.get('image', ''))}"
-                " — that option weakens isolation; or use a -rootless image",
-            )
-        return PrivilegesRefused(
-            f"this engine refuses the capabilities asked for (cap_add={kwargs.get('cap_add', [])},"
-            f" cap_drop={kwargs.get('cap_drop', [])}): {line}",
-            hint="add --cap-drop NAME for each capability the engine's host lacks"
-            " (e.g. SYS_RESOURCE in nested containers), or use a -rootless image",
-        )
-    # rootlesskit's own line, e.g. "[rootlesskit:parent] error: failed to start the child:
-    # fork/exec /proc/self/exe: permission denied"; a build step's denial is not one
-    line = next(
-        (
-            " ".join(ln.split())[:300]
-            for ln in text.splitlines()
-            if ("/proc/self/exe" in ln or "rootlesskit" in ln)
-            and ("permission denied" in ln.lower() or "operation not permitted" in ln.lower())
-        ),
-        "",
-    )
-    if line:
-        return PrivilegesRefused(
-            f"rootless BuildKit cannot create its user namespace ({line}); hosts such as"
-            " Ubuntu 24.04 restrict unprivileged user namespaces through AppArmor"
-            " (kernel.apparmor_restrict_unprivileged_userns=1)",
-            hint="on the engine's host run `sysctl -w kernel.apparmor_restrict_unprivileged_userns=0`,"
-            " or load an AppArmor profile that allows userns for the container, or use a rootful"
-            f" image with {WEAK_OPTION} (weakens isolation)",
-        )
-    return None
-
-
-def _line_with(text: str, needle: str) -> str:
-    for line in text.splitlines():
-        if needle.lower() in line.lower():
-            return " ".join(line.split())[:300]
-    return ""
-
-
-def _weak_command(command: str, image: str) -> str:
-    """The batch's own command line with ``--privileged`` swapped for the named option."""
-    words = shlex.split(command) if command.startswith("repro-lib ") else []
-    if not words:
-        words = ["repro-lib", "reproduce", "--image", image or "IMAGE"]
-    words = [w for w in words if w not in ("--privileged", WEAK_OPTION)] + [WEAK_OPTION]
-    return shlex.join(words)
 
 
 def _reason(log: str) -> str:

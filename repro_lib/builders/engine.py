@@ -34,7 +34,7 @@ import docker.errors
 from .. import lab
 from ..config import ENGINE_LABEL
 from ..errors import BuildFailed, InfraError, MissingRequirement, PruneRefused, UsageError
-from . import (
+from .base import (
     BatchEnv,
     BuildOutput,
     cache_import_error,

@@ -1,7 +1,7 @@
 """Executors: how a sweep's cells get run. Cells go in, trial records come out.
 
-A sweep (:mod:`repro_lib.sweep`) plans cells and owns the store; an executor
-runs cells and hands back every record. Two implementations share the small
+A sweep (:mod:`repro_lib.sweep`) takes a plan's cells (:mod:`repro_lib.plan`)
+and owns the store; an executor runs cells and hands back every record. Two implementations share the small
 :class:`Executor` interface:
 
 * :class:`~repro_lib.executors.lanes.LocalLanes` - threads on this machine's
@@ -23,14 +23,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import docker
 
+from ..batch import run_batch
 from ..records import TrialRecord
 
 if TYPE_CHECKING:
     from ..batch import BatchSummary, LabSession
     from ..config import Paths
+    from ..plan import Cell, Plan
     from ..progress import SweepProgress
     from ..store import Store
-    from ..sweep import Cell, Plan
 
 StopRule = Callable[[list[Any]], Any]
 
@@ -128,8 +129,6 @@ def run_cell(
     Raises:
         KeyboardInterrupt: ``stop_requested()`` turned true (the sweep is stopping).
     """
-    from ..batch import run_batch
-
     run_id = cell.run_id(sweep_id)
     decision: dict[str, str] = {}
 

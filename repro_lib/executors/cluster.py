@@ -44,12 +44,17 @@ from typing import Any
 import docker
 
 from .. import lab
+from ..batch import BatchOptions, LabSession
+from ..builders import backend_class, supports
 from ..config import Paths
 from ..errors import InfraError, MissingRequirement, ReproError, UsageError
+from ..plan import Cell, Plan, stop_rule
 from ..progress import SweepProgress
 from ..records import Outcome, TrialRecord
+from ..scenario import load_scenario
 from ..store import Store
 from . import SweepJob, run_cell
+from .lanes import LaneEngines
 
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler
 WORKER_WAIT = 60  # seconds to wait for the first worker to join
@@ -178,8 +183,6 @@ class DaskExecutor:
     def _private_engines_for_local_workers(self, job: SweepJob, addresses: list[str]) -> None:
         """Engine backend on a LocalCluster: a reset prunes a whole engine, so each
         local worker gets a private engine, as local lanes do."""
-        from .lanes import LaneEngines
-
         if self.docker_client is None:
             raise UsageError("--cluster local with the engine backend needs a local Docker engine")
         engines = self._stack.enter_context(
@@ -636,10 +639,6 @@ def _label_safe(name: str) -> str:
 
 def _session(spec: dict[str, Any], plan: Any, paths: Paths) -> Any:
     """This worker's registries for the sweep: started by its first cell, kept for the rest."""
-    from ..batch import BatchOptions, LabSession
-    from ..builders import backend_class, supports
-    from ..scenario import load_scenario
-
     client = lab.connect()
     session_id = spec.get("session_id") or spec["sweep_id"]
     key = (session_id, lab.engine_host_of(client))
@@ -784,7 +783,7 @@ class _Watch:
     """
 
     def __init__(self, tag: str, run_id: str) -> None:
-        import distributed
+        import distributed  # why: Dask is an optional extra; only its workers run this
 
         self.tag = tag
         self.stop = distributed.Event(f"{tag}-stop")
@@ -814,9 +813,6 @@ class _Watch:
 
 def run_cell_task(spec: dict[str, Any]) -> dict[str, Any]:
     """A Dask task: run one cell on this worker's Docker host, streaming its records."""
-
-    from ..sweep import Cell, Plan, stop_rule
-
     plan = Plan(**spec["plan"])
     cell = Cell(**spec["cell"])
     tag, sweep_id = spec["tag"], spec["sweep_id"]
@@ -848,7 +844,7 @@ def run_cell_task(spec: dict[str, Any]) -> dict[str, Any]:
 def _run_cell_task(
     spec: dict[str, Any], plan: Any, cell: Any, run_id: str, watch: _Watch, rule: Any
 ) -> dict[str, Any]:
-    import distributed
+    import distributed  # why: Dask is an optional extra; only its workers run this
 
     tag, sweep_id = spec["tag"], spec["sweep_id"]
     queue = distributed.Queue(tag)

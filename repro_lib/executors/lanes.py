@@ -14,7 +14,7 @@ from pathlib import Path
 
 import docker
 
-from .. import lab
+from .. import dockerd, lab
 from ..batch import BatchOptions, LabSession
 from ..builders import backend_class, supports
 from ..config import Paths, lab_id
@@ -47,8 +47,6 @@ class LaneEngines:
         self.clients: list[docker.DockerClient] = []
 
     def __enter__(self) -> LaneEngines:
-        from .. import dockerd
-
         try:
             blobs = [
                 b"".join(self.client.images.get(image).save(named=True)) for image in self.images
@@ -68,8 +66,6 @@ class LaneEngines:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from .. import dockerd
-
         for c in self.clients:
             with contextlib.suppress(Exception):
                 c.close()

@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from ..results import derive
+from ..frames import derive
 
 Method = Literal["wilson", "beta"]
 _METHODS = ("wilson", "beta")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _sps
 
-from ..results import derive
+from ..frames import derive
 from ._common import _check_counts, _counted_frame, p_text
 from .batches import _batch_counts
 from .cycles import cluster_fit_options, cycle_groups

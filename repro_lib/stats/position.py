@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats as _sps
 from scipy.special import expit
 
-from ..results import version_key
+from ..frames import version_key
 from ._common import _check_alpha, _confidence, _counted_frame, format_pct, p_text
 from .cycles import cluster_fit_options, clustered_rate, cycle_groups
 from .rates import failure_rate

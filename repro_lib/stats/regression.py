@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..results import derive, version_key
+from ..frames import derive, version_key
 from ._common import _check_alpha, _counted_frame, p_text
 from .cycles import cluster_fit_options, cycle_groups
 

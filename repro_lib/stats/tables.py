@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..results import derive, version_key
+from ..frames import derive, version_key
 from ._common import Method
 from .cycles import cycle_rate
 from .stopping import verdict
