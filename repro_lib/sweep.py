@@ -98,7 +98,7 @@ def run_sweep(
             one worker per lane; a scheduler address (``tcp://…``, ``tls://…``) or a
             ``distributed.Client`` to run cells on a Dask cluster of Docker hosts.
         shard: ``(k, n)`` runs only the k-th of n parts of the cells (see
-            :mod:`repro_lib.shard`); the run ids stay those of the whole plan, so the
+            :mod:`repro_lib.plan`); the run ids stay those of the whole plan, so the
             shards' stores merge back into one sweep when they share ``sweep_id``.
 
     Raises:

@@ -19,9 +19,10 @@ import pytest
 from repro_lib.config import Paths
 from repro_lib.errors import UsageError
 from repro_lib.forensics import CacheFacts
+from repro_lib.frames import _as_list
 from repro_lib.merge import MergeConflict, merge_stores, merged_view
+from repro_lib.plan import plan_digest
 from repro_lib.results import (
-    _as_list,
     default_store,
     derive,
     filter_results,
@@ -30,7 +31,6 @@ from repro_lib.results import (
     raw_rows,
     version_key,
 )
-from repro_lib.shard import plan_digest
 from repro_lib.store import SCHEMA_VERSION, Store
 
 from .factories import make_record
