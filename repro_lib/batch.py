@@ -144,6 +144,10 @@ class BatchSummary:
     ci_low: float
     ci_high: float
     failure_positions: list[int]
+    # the interval above treats reset cycles as clusters; Wilson's assumes independent tries
+    cycles: int = 0
+    wilson_low: float = 0.0
+    wilson_high: float = 1.0
     stopped: str = ""
     work_dir: str = ""
     kept: dict[str, Any] = field(default_factory=dict)
@@ -174,6 +178,9 @@ class BatchSummary:
             ci_low=rate.ci_low,
             ci_high=rate.ci_high,
             failure_positions=positions_of_failures(records),
+            cycles=rate.clusters,
+            wilson_low=rate.wilson_low,
+            wilson_high=rate.wilson_high,
             **extra,
         )
 

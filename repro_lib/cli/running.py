@@ -131,7 +131,11 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
             if summary.get("no_cache_tries")
             else ""
         ),
-        f"failure rate: {pct(summary['rate'])}  (95% Wilson interval {pct(summary['ci_low'])} – {pct(summary['ci_high'])})",
+        f"failure rate: {pct(summary['rate'])}  (95% interval {pct(summary['ci_low'])} – "
+        f"{pct(summary['ci_high'])} with its {summary.get('cycles', 0)} reset "
+        f"cycle{'' if summary.get('cycles') == 1 else 's'} as clusters; "
+        f"Wilson's, which assumes independent tries: {pct(summary.get('wilson_low', 0.0))} – "
+        f"{pct(summary.get('wilson_high', 1.0))})",
     ]
     if summary["failure_positions"]:
         lines.append(
