@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("repro_lib.store",),
     # pure functions of records and frames: a batch's summary and a sweep's stopping
     # rule use them while running, so they sit below the running layers
-    ("repro_lib.frames", "repro_lib.stats"),
+    ("repro_lib.frames", "repro_lib.stats", "repro_lib.culprit"),
     # how one build runs, one try, one batch of tries
     ("repro_lib.builders",),
     ("repro_lib.trials", "repro_lib.progress"),
