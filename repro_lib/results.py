@@ -83,7 +83,7 @@ from .frames import raw_rows as raw_rows
 from .frames import version_key as version_key
 from .merge import merged_view
 from .records import TRIAL_COLUMNS
-from .store import Store
+from .store import BUSY_TIMEOUT_S, Store
 
 #: columns of the ``batches`` table joined to every trial of its run
 BATCH_COLUMNS = {
@@ -320,6 +320,10 @@ class _TrialsQuery:
         mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
         try:
             db = adbc_driver_sqlite.dbapi.connect(f"{path.resolve().as_uri()}?{mode}")
+            # wait, as the store's own connections do, while a writer creates or
+            # upgrades the store (the driver's default is not to wait at all)
+            with contextlib.closing(db.cursor()) as cur:
+                cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         except Exception as exc:  # the driver raises its own DB-API errors
             raise UsageError(
                 f"cannot open results store {path}: {exc}", hint="pass --store"

@@ -4,7 +4,8 @@ It lets tests control outcomes while every build, push, reset and tarball stays
 real. Select it with ``REPRO_LIB_BACKEND_MODULES=tests.controlled_backend`` and
 ``--backend engine-dropping``. ``REPRO_LIB_DROP_TRIALS`` lists trial numbers whose
 output loses the file; ``REPRO_LIB_FAULTY_VERSIONS`` lists "versions" (the
-``--versions``/image value) whose every output loses it. ``REPRO_LIB_BUILD_JOURNAL``
+``--versions``/image value) whose every output loses it. ``REPRO_LIB_BUILD_DELAY`` (seconds) makes every try at least that long.
+``REPRO_LIB_BUILD_JOURNAL``
 names a file that gets one line ``<run id> <trial> <host>`` per trial build, so a
 test can count what really ran (stores keep one row per trial, whoever ran it twice).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,4 +67,7 @@ class DroppingEngineBackend(EngineBackend):
                 f.write(f"{self.env.run_id} {trial} {lab.host_name()}\n")
         if out.tarball is not None and (trial in self.drop or self.version in self.faulty):
             drop_from_tarball(out.tarball)
+        # a floor on a try's length, so a test's timing does not hang on how fast the
+        # engine builds on the machine of the day
+        time.sleep(float(os.environ.get("REPRO_LIB_BUILD_DELAY") or 0))
         return out

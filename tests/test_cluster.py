@@ -449,11 +449,12 @@ def _builds(tmp_path: Path, sweep_id: str) -> Counter:
     return builds
 
 
-def _start_journaled_workers(cluster: Cluster, tmp_path: Path) -> None:
+def _start_journaled_workers(cluster: Cluster, tmp_path: Path, *, delay: float = 0) -> None:
     for host in cluster.hosts.values():
-        cluster.start_worker(
-            host, extra_env={"REPRO_LIB_BUILD_JOURNAL": str(_journal(tmp_path, host.name))}
-        )
+        env = {"REPRO_LIB_BUILD_JOURNAL": str(_journal(tmp_path, host.name))}
+        if delay:
+            env["REPRO_LIB_BUILD_DELAY"] = str(delay)
+        cluster.start_worker(host, extra_env=env)
     cluster.wait_for_workers(2)
 
 
@@ -552,7 +553,8 @@ def test_resume_right_after_the_client_died_records_every_trial_once(cluster, tm
 def test_cells_of_a_dead_client_stop_by_themselves(cluster, tmp_path):
     from repro_lib.executors.cluster import LEASE_TIMEOUT
 
-    _start_journaled_workers(cluster, tmp_path)
+    # tries of at least 0.5 s: 60 of them outlast the lease, however fast the engine
+    _start_journaled_workers(cluster, tmp_path, delay=0.5)
     store, sweep_id, tries = tmp_path / "client.sqlite", "orphan-alone", 60
     _kill_after(_start_sweep(cluster, tmp_path, store, sweep_id, tries), store, 3)
     killed = time.monotonic()
@@ -563,7 +565,9 @@ def test_cells_of_a_dead_client_stop_by_themselves(cluster, tmp_path):
             built, stable_since = now, time.monotonic()
         assert time.monotonic() - killed < LEASE_TIMEOUT + 60, "the orphaned cell kept running"
         time.sleep(0.5)
-    assert built < tries
+    assert built < tries, (
+        f"the orphaned cell ran all {tries} tries; it should stop within {LEASE_TIMEOUT} s"
+    )
     resumed = _resume(cluster, tmp_path, store, sweep_id)  # no orphan left to wait for
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(_rows(store)) == tries and set(_builds(tmp_path, sweep_id).values()) == {1}
