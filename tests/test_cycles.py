@@ -278,3 +278,33 @@ def test_a_batch_with_no_tries_has_no_rate_and_no_error():
 
     rate = cycle_rate(records_frame([]))
     assert (rate.n, rate.clusters, rate.reason) == (0, 0, "no tries")
+
+
+def test_many_runs_are_adjusted_for_through_their_configuration():
+    # one indicator column per run would not fit memory for a cluster's thousands of runs
+    import numpy as np
+    import pandas as pd
+
+    from repro_lib.stats.dependence import MAX_ADJUST_LEVELS, failure_clustering
+
+    rng = np.random.default_rng(7)
+    runs = MAX_ADJUST_LEVELS + 5
+    rows = [
+        {
+            "run_id": f"r{r}",
+            "configuration": f"c{r % 3}",
+            "trial": t,
+            "since_reset": (t - 1) % 4 + 1,
+            "reset_freq": 4,
+            "failed": bool(rng.random() < 0.3),
+        }
+        for r in range(runs)
+        for t in range(1, 17)
+    ]
+    d = pd.DataFrame(rows).assign(counted=True)
+    within = failure_clustering(d).within
+    assert within is not None and within.estimated, within
+    assert "adjusted for the configuration instead of the run" in within.note
+    assert "instead of the run" in within.describe()
+    few = failure_clustering(d[d["run_id"].isin([f"r{r}" for r in range(10)])]).within
+    assert few is not None and few.note == ""  # the run itself, as before

@@ -23,6 +23,10 @@ from .cycles import cluster_fit_options, cycle_groups, cycle_numbers
 _DEPENDENCE_COLUMNS = ["comparison", "odds_ratio", "ci_low", "ci_high", "pvalue", "tries", "cycles"]
 
 
+#: most levels a categorical adjustment may have (its design matrix is dense)
+MAX_ADJUST_LEVELS = 60
+
+
 @dataclass(frozen=True)
 class DependenceEffect:
     """One odds ratio of the dependence analysis (or why it could not be estimated).
@@ -38,7 +42,8 @@ class DependenceEffect:
         Tries used, the reset cycles they came from, and how many of them had
         the earlier failure.
     note : str
-        Why nothing was estimated, when nothing was.
+        Why nothing was estimated, when nothing was; or how the adjustment for
+        the run was replaced (past ``MAX_ADJUST_LEVELS`` runs).
     """
 
     comparison: str
@@ -64,6 +69,7 @@ class DependenceEffect:
             return f"not estimated ({self.note})"
         inside = f"{_confidence(alpha)} CI {self.ci_low:.3g}–{self.ci_high:.3g}, "
         inside += p_text(self.pvalue) + (f"; {detail}" if detail else "")
+        inside += f"; {self.note}" if self.note else ""
         if self.ci_low > 1 or self.ci_high < 1:
             return f"odds ×{self.odds_ratio:.3g} ({inside})"
         return f"no effect detected: OR {self.odds_ratio:.3g} ({inside})"
@@ -159,6 +165,7 @@ def _exposures(d: pd.DataFrame) -> pd.DataFrame:
         _cycle=cycle_numbers(d).astype("float"),
         _group=cycle_groups(d),
         _run=d["run_id"].astype(str) if "run_id" in d.columns else "",
+        _config=d["configuration"].astype(str) if "configuration" in d.columns else "",
         _position=d["since_reset"].astype(int),
         _failed=d["failed"].astype(int),
     )
@@ -203,11 +210,21 @@ def _effect(d: pd.DataFrame, exposure: str, comparison: str, alpha: float) -> De
     terms = [exposure]
     if d["_position"].nunique() > 1:
         terms.append("C(_position)")
-    if d["_run"].nunique() > 1:
-        terms.append("C(_run)")
+    # one indicator per run is a dense column per run: a cluster's store of thousands of
+    # runs would need tens of GiB, so past MAX_ADJUST_LEVELS the configuration stands in
+    adjust, adjusted = "_run", ""
+    if d["_run"].nunique() > MAX_ADJUST_LEVELS:
+        adjust = "_config" if 1 < d["_config"].nunique() <= MAX_ADJUST_LEVELS else ""
+        adjusted = (
+            f"adjusted for the configuration instead of the run ({d['_run'].nunique()} runs)"
+            if adjust
+            else f"not adjusted for the run ({d['_run'].nunique()} runs, as many configurations)"
+        )
+    if adjust and d[adjust].nunique() > 1:
+        terms.append(f"C({adjust})")
     formula = "_failed ~ " + " + ".join(terms)
-    data = d[["_failed", exposure, "_position", "_run"]].astype(
-        {"_failed": int, exposure: float, "_position": int, "_run": str}
+    data = d[["_failed", exposure, "_position", "_run", "_config"]].astype(
+        {"_failed": int, exposure: float, "_position": int, "_run": str, "_config": str}
     )
     try:
         with warnings.catch_warnings():
@@ -234,6 +251,7 @@ def _effect(d: pd.DataFrame, exposure: str, comparison: str, alpha: float) -> De
         len(d),
         len(np.unique(groups)),
         exposed,
+        adjusted,
     )
 
 
