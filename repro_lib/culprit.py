@@ -1,8 +1,10 @@
 """Culprit finding: which candidate in an ordered list broke (or fixed) a flaky build.
 
-This is the statistical core of issue 21 only: the model, the choice of the next
-probe, the stopping rule and a simulated-probe driver. It imports numpy and scipy
-and nothing from the rest of the package, so it runs builds nowhere.
+This is the statistical core: the model, the choice of the next probe, the
+stopping rule, a simulated-probe driver, and the plain records of a search
+(:class:`SearchRecord`) that the store keeps and the report draws. It imports
+numpy and scipy and nothing from the rest of the package, so it runs builds
+nowhere.
 
 The model
 ---------
@@ -312,3 +314,78 @@ def simulate_search(
     return SimulatedSearch(
         top.index, top.posterior, search.tries, search.probes, search.confident()
     )
+
+
+#: How a candidate's image came to be: built by the hook in this search, found in
+#: the image cache, the hook failed (skipped like ``git bisect skip``), not needed
+#: yet, or a released version/image (version mode, nothing to build).
+BuildState = Literal["built", "cached", "unbuildable", "not built", "released"]
+SearchStatus = Literal["running", "confident", "budget spent"]
+
+
+@dataclass(frozen=True)
+class CandidateRow:
+    """One candidate of a recorded search, in list order (``position`` from 0)."""
+
+    position: int
+    ref: str  # full commit sha, or the version/image
+    short: str  # abbreviated sha, or the version
+    subject: str  # commit subject line ("" for versions)
+    build: BuildState
+    image: str | None
+    build_log: str | None  # path of the kept build log
+    cycles: int
+    failing_cycles: int
+    tries: int
+    posterior: float
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """One probe of a recorded search: where it ran, what it saw, where it left the search."""
+
+    probe: int  # 1-based, in the order run
+    position: int
+    ref: str
+    sweep_id: str  # its trials are in the store under this sweep
+    cycles: int
+    failing_cycles: int
+    tries: int
+    best_ref: str  # the most probable culprit after this probe
+    best_posterior: float
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """A culprit search as stored: its settings, every candidate and every probe."""
+
+    search_id: str
+    kind: Literal["commits", "versions"]
+    repo: str | None
+    good: str
+    bad: str
+    direction: Direction
+    confidence: float
+    max_tries: int
+    tries_per_cycle: int
+    status: SearchStatus
+    candidates: tuple[CandidateRow, ...]
+    probes: tuple[ProbeRow, ...]
+
+    @property
+    def tries(self) -> int:
+        return sum(p.tries for p in self.probes)
+
+    @property
+    def best(self) -> CandidateRow:
+        return max(self.candidates, key=lambda c: (c.posterior, -c.position))
+
+    def statement(self) -> str:
+        """``culprit: <short> "<subject>" (posterior 0.97; 412 tries over 5 probes)``."""
+        top = self.best
+        word = "culprit" if self.status == "confident" else "best candidate so far"
+        subject = f' "{top.subject}"' if top.subject else ""
+        return (
+            f"{word}: {top.short}{subject} (posterior {top.posterior:.2f}; "
+            f"{self.tries} tries over {len(self.probes)} probes)"
+        )
