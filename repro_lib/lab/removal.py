@@ -14,6 +14,7 @@ import time
 
 import docker
 import docker.errors
+from docker.models.containers import Container
 from docker.models.volumes import Volume
 
 from ..config import OWNER_PID_LABEL
@@ -58,23 +59,24 @@ def _claim(labels: dict[str, str], what: str) -> None:
         )
 
 
+def _remove_dead_container(container: Container, what: str) -> None:
+    _claim(container.labels or {}, what)
+    with contextlib.suppress(docker.errors.NotFound):
+        container.remove(force=True, v=True)
+
+
 def make_way_for_container(client: docker.DockerClient, name: str) -> None:
     """Remove a container named ``name`` that a run no longer alive left behind.
 
     Raises:
         InfraError: a live run owns it.
     """
-    try:
-        old = client.containers.get(name)
-    except docker.errors.NotFound:
-        return
-    _claim(old.labels or {}, f"container {name}")
     with contextlib.suppress(docker.errors.NotFound):
-        old.remove(force=True, v=True)
+        _remove_dead_container(client.containers.get(name), f"container {name}")
 
 
 def make_way_for_volume(client: docker.DockerClient, name: str) -> None:
-    """Remove a volume named ``name`` that a run no longer alive left behind.
+    """Remove a volume named ``name`` (and what mounts it) that a run no longer alive left behind.
 
     Raises:
         InfraError: a live run owns it.
@@ -85,7 +87,5 @@ def make_way_for_volume(client: docker.DockerClient, name: str) -> None:
         return
     _claim(old.attrs.get("Labels") or {}, f"volume {name}")
     for holder in client.containers.list(all=True, filters={"volume": name}):
-        _claim(holder.labels or {}, f"volume {name} (mounted by {holder.name})")
-        with contextlib.suppress(docker.errors.NotFound):
-            holder.remove(force=True, v=True)
+        _remove_dead_container(holder, f"volume {name} (mounted by {holder.name})")
     remove_volume(old)
