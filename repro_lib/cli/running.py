@@ -543,7 +543,7 @@ def bisect(
 
     \b
     Example:
-      repro-lib bisect --repo ~/src/buildkit --good v0.9.0 --bad v0.9.1 \\
+      repro-lib bisect --repo ~/src/buildkit --bad v0.9.0 --good v0.9.1 \\
         --direction fixed \\
         --build 'docker buildx build --target rootless -t {image} .'
     """
