@@ -18,10 +18,18 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import docker
+import numpy as np
 
 from . import commits
 from .config import Paths
-from .culprit import CandidateRow, CulpritSearch, Direction, ProbeRow, SearchRecord
+from .culprit import (
+    CandidateRow,
+    CulpritSearch,
+    Direction,
+    ProbeRow,
+    SearchRecord,
+    expected_information,
+)
 from .errors import InfraError, UsageError
 from .plan import Plan, validate_plan
 from .records import Outcome, TrialRecord
@@ -158,12 +166,18 @@ def cycle_failures(records: list[TrialRecord], tries_per_cycle: int) -> list[int
     ]
 
 
-def _model(record: SearchRecord) -> tuple[CulpritSearch | None, list[int]]:
+def _model(record: SearchRecord) -> tuple[CulpritSearch, list[int]]:
     """The model over the probe-able candidates with every probe recorded, and which
-    list positions it covers (None when every candidate is unbuildable)."""
-    included = [c.position for c in record.candidates if c.build != "unbuildable"]
-    if not included:
-        return None, included
+    list positions it covers.
+
+    The newest candidate is never left out: it is the caller's known-bad (or fixed)
+    end of the range, which the model takes as changed without a probe, so a search
+    whose other candidates are all unbuildable names it (with :func:`caveat`).
+    """
+    last = len(record.candidates) - 1
+    included = [
+        c.position for c in record.candidates if c.build != "unbuildable" or c.position == last
+    ]
     search = CulpritSearch(
         len(included),
         record.tries_per_cycle,
@@ -181,7 +195,7 @@ def _model(record: SearchRecord) -> tuple[CulpritSearch | None, list[int]]:
 def restate(record: SearchRecord) -> SearchRecord:
     """The record with every candidate's counts and posterior recomputed from its probes."""
     search, included = _model(record)
-    posterior = dict(zip(included, search.posterior() if search else [], strict=True))
+    posterior = dict(zip(included, search.posterior(), strict=True))
     rows = []
     for c in record.candidates:
         mine = [p for p in record.probes if p.position == c.position]
@@ -195,6 +209,16 @@ def restate(record: SearchRecord) -> SearchRecord:
             )
         )
     return replace(record, candidates=tuple(rows))
+
+
+def _next_position(search: CulpritSearch, included: list[int], record: SearchRecord) -> int:
+    """``search.next_probe()``, never an unbuildable candidate (the newest one stays in
+    the model as the range's known end even when it cannot be built)."""
+    gain = expected_information(
+        search.cycles, search.failing_cycles, search.direction, search.priors
+    )
+    probeable = np.array([record.candidates[p].build != "unbuildable" for p in included])
+    return included[int(np.argmax(np.where(probeable, gain, -np.inf)))]
 
 
 def skipped_neighbours(record: SearchRecord) -> list[CandidateRow]:
@@ -213,7 +237,7 @@ def caveat(record: SearchRecord) -> str | None:
     skipped = skipped_neighbours(record)
     if not skipped:
         return None
-    names = ", ".join(f"{c.short}{f' {c.subject!r}' if c.subject else ''}" for c in skipped)
+    names = ", ".join(f'{c.short} "{c.subject}"' if c.subject else c.short for c in skipped)
     return (
         f"note: the change may be in {names} right before {record.best.short}: "
         f"{'it' if len(skipped) == 1 else 'they'} could not be built, so no probe can tell"
@@ -242,19 +266,10 @@ def run_search(
         say: one progress line.
         pending: the list position of a probe that was in flight when the search
             stopped (its sweep id is the next probe's): it is finished first.
-
-    Raises:
-        UsageError: every candidate is unbuildable.
     """
     while True:
         record = restate(record)
         search, included = _model(record)
-        if search is None:
-            save(record)
-            raise UsageError(
-                "every candidate is unbuildable: no commit could be probed",
-                hint="check the build logs and the --build command",
-            )
         if pending is None:
             if search.confident() or record.tries >= record.max_tries:
                 record = replace(
@@ -262,7 +277,7 @@ def run_search(
                 )
                 save(record)
                 return record
-            position = included[search.next_probe()]
+            position = _next_position(search, included, record)
         else:
             position, pending = pending, None
         candidate = record.candidates[position]
@@ -397,56 +412,84 @@ class SearchSetup:
         return cycle_failures(records, plan.reset_freq[0]), len(records)
 
 
-def start_commit_search(
-    setup: SearchSetup,
-    *,
+@dataclass(frozen=True)
+class CommitRange:
+    """The checked candidates of a commit search."""
+
+    repo: Path  # the repository's top directory
+    good: str
+    bad: str
+    direction: Direction
+    all_commits: bool
+    commits: list[commits.Commit]  # oldest first; the range's newer end included
+
+
+def commit_range(
     repo: str | Path,
     good: str,
     bad: str,
+    *,
+    build: str,
     direction: Direction = "broke",
     all_commits: bool = False,
+) -> CommitRange:
+    """Check the hook, the repository and the refs, and list the candidates (no engine needed).
+
+    For ``"broke"`` the candidates follow ``good`` up to ``bad``; for ``"fixed"``
+    they follow ``bad`` (the older, affected end) up to ``good``.
+
+    Raises:
+        UsageError: the hook lacks ``{image}``; ``repo`` is no git repository or has
+            uncommitted changes; a ref is not a commit there, both are one commit,
+            or the older is no ancestor of the newer.
+    """
+    commits.check_hook(build)
+    top = commits.check_repository(repo)
+    start, end = (good, bad) if direction == "broke" else (bad, good)
+    names = ("--good", "--bad") if direction == "broke" else ("--bad", "--good")
+    listed = commits.list_commits(top, start, end, all_commits=all_commits, names=names)
+    return CommitRange(top, good, bad, direction, all_commits, listed)
+
+
+def start_commit_search(
+    setup: SearchSetup,
+    candidates: CommitRange,
+    *,
     confidence: float = 0.95,
     max_tries: int = 2000,
     say: Callable[[str], None] = print,
     search_id: str | None = None,
 ) -> SearchRecord:
-    """List the commits, record the search, and run it to the end.
-
-    Raises:
-        UsageError: bad repository, refs or hook (see :mod:`repro_lib.commits`).
-    """
-    commits.check_hook(setup.build)
-    top = commits.check_repository(repo)
-    start, end = (good, bad) if direction == "broke" else (bad, good)
-    names = ("--good", "--bad") if direction == "broke" else ("--bad", "--good")
-    listed = commits.list_commits(top, start, end, all_commits=all_commits, names=names)
-    commits.remove_stale_worktrees(top)
+    """Record a new search over ``candidates`` and run it to the end."""
+    commits.remove_stale_worktrees(candidates.repo)
     record = SearchRecord(
         search_id=search_id or new_search_id(),
         kind="commits",
-        repo=str(top),
-        good=good,
-        bad=bad,
-        direction=direction,
+        repo=str(candidates.repo),
+        good=candidates.good,
+        bad=candidates.bad,
+        direction=candidates.direction,
         confidence=confidence,
         max_tries=max_tries,
         tries_per_cycle=setup.plan.reset_freq[0],
         status="running",
         candidates=tuple(
             CandidateRow(i, c.sha, c.short, c.subject, "not built", None, None, 0, 0, 0, 0.0)
-            for i, c in enumerate(listed)
+            for i, c in enumerate(candidates.commits)
         ),
         probes=(),
     )
     record = restate(record)
     with Store(setup.store_path) as store:
-        store.save_search(record, setup.settings(all_commits))
+        store.save_search(record, setup.settings(candidates.all_commits))
+    first, last = record.candidates[0], record.candidates[-1]
     say(
-        f"search {record.search_id}: {len(listed)} commits after {start} up to {end} "
-        f"({'every commit' if all_commits else 'first parent'}); direction {direction}; "
-        f"resume with: repro-lib bisect --resume {record.search_id}"
+        f"search {record.search_id}: {len(record.candidates)} commits {first.short}..{last.short} "
+        f"({'every commit' if candidates.all_commits else 'first parent'}), looking for the "
+        f"commit that {candidates.direction} it; resume with: "
+        f"repro-lib bisect --resume {record.search_id}"
     )
-    return _drive(setup, record, top, say=say)
+    return _drive(setup, record, candidates.repo, say=say)
 
 
 def resume_commit_search(
@@ -507,7 +550,9 @@ def resume_commit_search(
         + (f"; finishing probe {len(probes) + 1} of {record.candidates[pending].short}"
            if pending is not None else "")
     )  # fmt: skip
-    return _drive(setup, record, Path(record.repo or "."), say=say, pending=pending)
+    repo = Path(record.repo or ".")
+    commits.remove_stale_worktrees(repo)
+    return _drive(setup, record, repo, say=say, pending=pending)
 
 
 def _drive(

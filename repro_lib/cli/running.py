@@ -587,7 +587,7 @@ def _commit_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _search_commits(good, bad, reset_freq, cache, mode, kwargs: dict[str, Any]) -> None:
     from .. import commits
-    from ..bisect import SearchSetup, start_commit_search
+    from ..bisect import SearchSetup, commit_range, start_commit_search
     from ..config import Paths
 
     options = _commit_kwargs(kwargs)
@@ -598,9 +598,16 @@ def _search_commits(good, bad, reset_freq, cache, mode, kwargs: dict[str, Any]) 
             "commit mode needs --build, the command that builds a commit's image",
             hint="e.g. --build 'docker build -t {image} .'",
         )
-    commits.check_hook(options["build"])
     if reset_freq < 1:
         raise UsageError(f"--reset-freq must be at least 1 (got {reset_freq})")
+    candidates = commit_range(
+        options["repo"],
+        good,
+        bad,
+        build=options["build"],
+        direction=options["direction"],
+        all_commits=options["all_commits"],
+    )
     axes = {
         # a stand-in: each probe runs its own candidate's image instead
         "versions": [f"{commits.IMAGE_REPOSITORY}/candidate:any"],
@@ -623,11 +630,7 @@ def _search_commits(good, bad, reset_freq, cache, mode, kwargs: dict[str, Any]) 
     )
     record = start_commit_search(
         setup,
-        repo=options["repo"],
-        good=good,
-        bad=bad,
-        direction=options["direction"],
-        all_commits=options["all_commits"],
+        candidates,
         confidence=options["confidence"],
         max_tries=options["max_tries"],
         say=lambda line: click.echo(line, err=True),
