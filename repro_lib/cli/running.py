@@ -627,6 +627,7 @@ def _search_commits(good, bad, reset_freq, cache, mode, kwargs: dict[str, Any]) 
         paths=paths,
         cluster=options["cluster"],
         command=shlex.join(["repro-lib", *sys.argv[1:]]),
+        progress=sys.stderr.isatty(),  # a probe's bar between the search's lines, on a terminal
     )
     record = start_commit_search(
         setup,
@@ -658,6 +659,7 @@ def _resume_search(search_id: str, kwargs: dict[str, Any], given: Any) -> None:
         store_path=Path(kwargs["store_path"] or paths.store),
         paths=paths,
         cluster=options["cluster"],
+        progress=sys.stderr.isatty(),
         say=lambda line: click.echo(line, err=True),
     )
     _print_search(record, kwargs["as_json"])
