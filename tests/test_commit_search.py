@@ -470,3 +470,33 @@ def test_a_real_search_over_ten_commits_killed_and_resumed(
         for image in images:
             with contextlib.suppress(Exception):
                 docker_client.images.remove(image, force=True)
+
+
+def test_probes_run_on_a_local_dask_cluster(docker_client, fixture_images, docker_cli, lab_home):
+    pytest.importorskip("distributed", reason="needs repro-lib[cluster] (Dask distributed)")
+    repo = new_repo(lab_home / "small")
+    shas = [
+        commit_file(repo, "Dockerfile", f"FROM {BASE_FIXTURE}\nENV N={n}\n", f"commit {n}")
+        for n in (1, 2, 3)
+    ]
+    hook = f"DOCKER_BUILDKIT=0 {docker_cli} build -q -t {{image}} ."
+    try:
+        proc = run_cli(
+            "bisect", "--repo", str(repo), "--good", shas[0], "--bad", shas[2], "--build", hook,
+            "--reset-freq", "1", "--cycles-per-probe", "2", "--max-tries", "2",
+            "--cluster", "local", *ENGINE_ARGS, "--json",
+            home=lab_home,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        record = json.loads(proc.stdout.splitlines()[-1])
+        assert record["status"] == "budget spent" and len(record["probes"]) == 1
+        (probe,) = record["probes"]
+        hosts = _rows(
+            lab_home / "data/raw/trials.sqlite",
+            f"SELECT host FROM trials WHERE run_id = '{probe['sweep_id']}-c000'",
+        )
+        assert len(hosts) == 2 and all(h[0].endswith("-w0") for h in hosts)  # a Dask worker's
+    finally:
+        for sha in shas:
+            with contextlib.suppress(Exception):
+                docker_client.images.remove(commits.image_name(repo, sha), force=True)
