@@ -2,7 +2,10 @@
 
 Each trial row is committed when its try ends, so a crash loses at most the
 try in flight. Rows are never updated or deleted; ``UNIQUE(run_id, trial)``
-makes a rerun of a recorded trial an error instead of a duplicate.
+makes a rerun of a recorded trial an error instead of a duplicate. A culprit
+search's rows (``culprit_searches``, ``culprit``: its settings, status and
+candidates) are rewritten as it goes; its probes (``culprit_probes``) are only
+added.
 
 Several processes may open, create and write one store at once: a new store
 appears complete (built beside its path and linked into place), and an older

@@ -130,7 +130,28 @@ def test_hook_placeholders_are_filled_and_other_braces_stay():
     assert filled == f"make IMG=i:t REV={'f' * 40} S=fffffff X=${{HOME}}"
 
 
+def test_worktrees_are_removed_after_a_build_and_after_a_kill(merged_repo, tmp_path):
+    repo, shas = merged_repo
+    with commits.worktree(repo, shas["c1"]) as tree:
+        assert (tree / "a").read_text() == "1"
+    assert commits.WORKTREE_PREFIX not in git(repo, "worktree", "list")
+    # a worktree whose owner was killed: its process id is gone
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = tmp_path / f"{commits.WORKTREE_PREFIX}{dead.pid}-x" / "tree"
+    git(repo, "worktree", "add", "--detach", "-q", str(left), shas["c1"])
+    mine = tmp_path / f"{commits.WORKTREE_PREFIX}{os.getpid()}-y" / "tree"
+    git(repo, "worktree", "add", "--detach", "-q", str(mine), shas["c1"])
+    assert commits.remove_stale_worktrees(repo) == [str(left)]
+    assert not left.parent.exists() and mine.exists()  # a live owner's stays
+
+
 # bad input -------------------------------------------------------------------------
+
+
+def _plain_dir(repo: Path) -> Path:
+    (repo.parent / "plain").mkdir()
+    return repo.parent / "plain"
 
 
 def _dirty(repo: Path) -> Path:
@@ -143,7 +164,7 @@ BAD_COMMIT_INPUTS = [
     ("good-equals-bad", lambda r, s: ["--good", "v-good", "--bad", s["c0"]], r"same commit"),
     ("hook-without-image", lambda r, s: ["--build", "make"], r"must tag .*\{image\}"),
     ("uncommitted", lambda r, s: ["--repo", str(_dirty(r))], r"uncommitted changes"),
-    ("not-a-repo", lambda r, s: ["--repo", str(r / ".git")], r"not a git repository"),
+    ("not-a-repo", lambda r, s: ["--repo", str(_plain_dir(r))], r"not a git repository"),
     ("not-ancestor", lambda r, s: ["--good", "main", "--bad", "v-good"], r"not an ancestor"),
     ("with-versions", lambda r, s: ["--versions", "v1,v2"], r"--repo.*commit mode"),
     ("tries-in-commit-mode", lambda r, s: ["--tries", "5"], r"--tries applies to --versions"),
