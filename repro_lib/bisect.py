@@ -460,10 +460,21 @@ def start_commit_search(
     say: Callable[[str], None] = print,
     search_id: str | None = None,
 ) -> SearchRecord:
-    """Record a new search over ``candidates`` and run it to the end."""
+    """Record a new search over ``candidates`` and run it to the end.
+
+    Raises:
+        UsageError: ``search_id`` is taken in the store.
+    """
+    search_id = search_id or new_search_id()
+    with Store(setup.store_path) as store:
+        if store.searches(search_id):
+            raise UsageError(
+                f"search {search_id} is already in {setup.store_path}",
+                hint=f"repro-lib bisect --resume {search_id} continues it; or pass a new id",
+            )
     commits.remove_stale_worktrees(candidates.repo)
     record = SearchRecord(
-        search_id=search_id or new_search_id(),
+        search_id=search_id,
         kind="commits",
         repo=str(candidates.repo),
         good=candidates.good,

@@ -170,6 +170,7 @@ BAD_COMMIT_INPUTS = [
     ("tries-in-commit-mode", lambda r, s: ["--tries", "5"], r"--tries applies to --versions"),
     ("resume-with-settings", lambda r, s: ["--resume", "b1"], r"--resume takes"),
     ("no-build", lambda r, s: ["--build", None], r"needs --build"),
+    ("search-id", lambda r, s: ["--search-id", "a b"], r"--search-id 'a b' is not a plain"),
 ]
 
 
@@ -365,6 +366,7 @@ def test_a_search_round_trips_through_the_store_and_resumes_where_it_stopped(tmp
 #: say that the change may be there
 CULPRIT, BROKEN = 6, 5
 RESET, CYCLES = 2, 3
+SEARCH_ID = "e2e-culprit"
 
 
 def _ten_commit_repo(path: Path) -> tuple[Path, list[str]]:
@@ -418,7 +420,8 @@ def test_a_real_search_over_ten_commits_killed_and_resumed(
         argv = [
             "bisect", "--repo", str(repo), "--good", shas[0], "--bad", "main",
             "--build", hook, "--reset-freq", str(RESET), "--cycles-per-probe", str(CYCLES),
-            *engine,
+            # a fixed id fixes the run ids, so the drops drawn per run and trial too
+            "--search-id", SEARCH_ID, *engine,
         ]  # fmt: skip
         proc = subprocess.Popen(
             repro_lib_cmd(*argv),
@@ -444,10 +447,10 @@ def test_a_real_search_over_ten_commits_killed_and_resumed(
         }
         journal_at_kill = len(_journal(trials_journal))
         builds_at_kill = len(_journal(builds_journal))
-        (search_id,) = [r[0] for r in _rows(store, "SELECT search_id FROM culprit_searches")]
+        assert _rows(store, "SELECT search_id FROM culprit_searches") == [(SEARCH_ID,)]
         assert run_cli("clean", home=lab_home).returncode == 0  # what the kill left running
 
-        resumed = run_cli("bisect", "--resume", search_id, "--json", home=lab_home, env=env)
+        resumed = run_cli("bisect", "--resume", SEARCH_ID, "--json", home=lab_home, env=env)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "finishing probe 2 of" in resumed.stderr
         record = json.loads(resumed.stdout.splitlines()[-1])

@@ -413,6 +413,7 @@ COMMIT_OPTIONS = (
     "max_tries",
     "cycles_per_probe",
     "cluster",
+    "search_id",
 )
 VERSION_OPTIONS = ("tries", "max_rate")
 
@@ -491,6 +492,12 @@ VERSION_OPTIONS = ("tries", "max_rate")
     default=None,
     help="Commit mode: run the probes on a Dask cluster like `sweep --cluster` (the workers' "
     "engines need the commits' images).",
+)
+@click.option(
+    "--search-id",
+    default=None,
+    help="Commit mode: id of the new search (its probes' sweeps are <id>-p001, ...). "
+    "Default: new per run.",
 )
 @click.option(
     "--reset-freq", default=4, show_default=True, type=int, help="Reset frequency of every probe."
@@ -589,6 +596,7 @@ def _search_commits(good, bad, reset_freq, cache, mode, kwargs: dict[str, Any]) 
     from .. import commits
     from ..bisect import SearchSetup, commit_range, start_commit_search
     from ..config import Paths
+    from ..plan import check_sweep_id
 
     options = _commit_kwargs(kwargs)
     if good is None or bad is None:
@@ -600,6 +608,14 @@ def _search_commits(good, bad, reset_freq, cache, mode, kwargs: dict[str, Any]) 
         )
     if reset_freq < 1:
         raise UsageError(f"--reset-freq must be at least 1 (got {reset_freq})")
+    if options["search_id"] is not None:
+        try:
+            check_sweep_id(options["search_id"])
+        except UsageError:
+            raise UsageError(
+                f"--search-id {options['search_id']!r} is not a plain name",
+                hint="use letters, digits, '.', '_' or '-' (at most 80), e.g. --search-id ci-1234",
+            ) from None
     candidates = commit_range(
         options["repo"],
         good,
@@ -635,6 +651,7 @@ def _search_commits(good, bad, reset_freq, cache, mode, kwargs: dict[str, Any]) 
         confidence=options["confidence"],
         max_tries=options["max_tries"],
         say=lambda line: click.echo(line, err=True),
+        search_id=options["search_id"],
     )
     _print_search(record, kwargs["as_json"])
 
