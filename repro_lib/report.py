@@ -882,7 +882,8 @@ def _host_notes(df: pd.DataFrame) -> list[str]:
     if agree:
         notes.append(
             f"{agree} cell(s) ran on several hosts whose failure rates agree "
-            "(Fisher's exact test for two hosts, chi-square for more; p ≥ 0.05), so they are pooled."
+            "(reset cycles with a failure, Fisher's exact test for two hosts, chi-square for "
+            "more; p ≥ 0.05), so they are pooled."
         )
     return notes
 

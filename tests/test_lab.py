@@ -9,6 +9,7 @@ import urllib.request
 
 import docker.errors
 import pytest
+import requests
 
 from repro_lib import lab
 from repro_lib.config import OWNER_PID_LABEL, RUN_LABEL
@@ -192,4 +193,107 @@ def test_registry_moves_on_when_its_chosen_port_is_taken(
         ) as reg:
             assert reg.port != busy
             assert reg.answers_http()
+    assert lab.leftovers(docker_client, run_id) == {"containers": [], "volumes": []}
+
+
+class _BusyVolume:
+    """A volume the engine reports "in use" for its first ``busy`` removals."""
+
+    name = "repro-lib-test-busy"
+
+    def __init__(self, busy: int):
+        self.busy = busy
+        self.removed = False
+
+    def remove(self, force: bool = False) -> None:
+        if self.busy:
+            self.busy -= 1
+            response = requests.Response()
+            response.status_code = 409
+            raise docker.errors.APIError("conflict", response, explanation="volume is in use")
+        self.removed = True
+
+
+def test_remove_volume_waits_while_the_engine_still_holds_it():
+    volume = _BusyVolume(busy=2)
+    lab.state.remove_volume(volume, timeout=5)
+    assert volume.removed
+
+
+def test_remove_volume_gives_up_with_a_clear_error():
+    with pytest.raises(InfraError, match="cannot remove volume repro-lib-test-busy"):
+        lab.state.remove_volume(_BusyVolume(busy=10**6), timeout=0.3)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _volume_listing(client, volume: str, image: str) -> str:
+    return client.containers.run(
+        image,
+        ["ls", "/data"],
+        volumes={volume: {"bind": "/data"}},
+        network_mode="host",
+        remove=True,
+    ).decode()
+
+
+def _leftover_registry(client, run_id: str, images: dict[str, str], owner_pid: int):
+    """What a killed attempt of ``run_id`` leaves: its cache registry and data, with a marker."""
+    labels = {**lab.role_labels(run_id, "cache-registry"), OWNER_PID_LABEL: str(owner_pid)}
+    name = f"{lab.NAME_PREFIX}-{run_id}-cache-registry"
+    client.volumes.create(name=f"{name}-data", labels=labels)
+    client.containers.run(
+        images["base"],
+        ["sh", "-c", "echo old > /data/stale"],
+        volumes={f"{name}-data": {"bind": "/data"}},
+        network_mode="host",
+        remove=True,
+    )
+    return client.containers.run(
+        images["registry"],
+        name=name,
+        detach=True,
+        network_mode="host",
+        environment={"REGISTRY_HTTP_ADDR": f"127.0.0.1:{lab.free_port()}"},
+        volumes={f"{name}-data": {"bind": "/var/lib/registry", "mode": "rw"}},
+        labels=labels,
+        restart_policy={"Name": "unless-stopped"},
+    )
+
+
+def test_registry_takes_over_the_names_a_dead_attempt_of_its_run_left(
+    docker_client, fixture_images
+):
+    # a stable run id (a shard, a resumed cell) meets its own crashed attempt's objects
+    run_id = lab.new_run_id("t")
+    old = _leftover_registry(docker_client, run_id, fixture_images, _dead_pid())
+    assert "stale" in _volume_listing(docker_client, old.name + "-data", fixture_images["base"])
+    with lab.Registry(docker_client, run_id, role="cache", image=fixture_images["registry"]) as reg:
+        assert reg.container.id != old.id
+        # the data volume is a fresh one, not the old one with its contents
+        assert "stale" not in _volume_listing(
+            docker_client, reg.volume.name, fixture_images["base"]
+        )
+    assert lab.leftovers(docker_client, run_id) == {"containers": [], "volumes": []}
+
+
+def test_registry_never_takes_a_name_from_a_live_run(docker_client, fixture_images):
+    run_id = lab.new_run_id("t")
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        _leftover_registry(docker_client, run_id, fixture_images, live.pid)
+        with (
+            pytest.raises(InfraError, match="belongs to a live run"),
+            lab.Registry(docker_client, run_id, role="cache", image=fixture_images["registry"]),
+        ):
+            pass
+        assert lab.leftovers(docker_client, run_id)["containers"]
+    finally:
+        live.kill()
+        live.wait()
+        lab.sweep(docker_client, run_id)
     assert lab.leftovers(docker_client, run_id) == {"containers": [], "volumes": []}

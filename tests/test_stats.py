@@ -310,6 +310,23 @@ def test_group_agreement_two_hosts_is_fishers_test():
     assert "a: 8/10" in check.describe()
 
 
+def test_group_agreement_counts_reset_cycles_not_tries():
+    # K = 4; host a: 3 of 10 cycles fail in every try (12/40 tries), host b: 1 of 10
+    # (4/40). On tries Fisher calls that a disagreement; the cycles say 3/10 vs 1/10.
+    rows = []
+    for host, failing in (("a", 3), ("b", 1)):
+        for c in range(10):
+            rows += [("c", host, "r-" + host, 4 * c + i + 1, i + 1, c < failing) for i in range(4)]
+    df = pd.DataFrame(rows, columns=["cell", "host", "run_id", "trial", "since_reset", "failed"])
+    (check,) = group_agreement(df.assign(counted=True))
+    assert sps.fisher_exact([[12, 28], [4, 36]]).pvalue < 0.05
+    assert check.cycles == {"a": (3, 10), "b": (1, 10)}
+    assert check.groups == {"a": (12, 40), "b": (4, 40)}
+    assert check.pvalue == pytest.approx(sps.fisher_exact([[3, 7], [1, 9]]).pvalue)
+    assert not check.disagree()
+    assert "cycles with a failure 3/10, 1/10" in check.describe()
+
+
 def test_group_agreement_three_hosts_is_pearsons_chi_square():
     counts = {"a": (10, 50), "b": (12, 50), "c": (30, 50)}
     (check,) = group_agreement(_host_frame(counts))

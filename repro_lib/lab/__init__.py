@@ -6,6 +6,7 @@
 - ``registry``: a labelled ``registry:2`` container;
 - ``images``: ensure, push, seed the mirror, Docker Hub paths;
 - ``state``: BuildKit state volumes;
+- ``removal``: removing volumes, and names a dead run left behind;
 - ``archives``: tar archives in and out of containers;
 - ``cleanup``: what ``clean`` removes.
 

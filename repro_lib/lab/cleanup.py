@@ -10,6 +10,7 @@ import docker.errors
 
 from ..config import KEEP_LABEL
 from ..errors import InfraError
+from .removal import remove_volume
 from .runs import label_filter, owner_alive
 
 
@@ -62,8 +63,8 @@ def sweep(
                 result.containers.append(c.name)
         for v in client.volumes.list(filters=flt):
             if wanted(v.attrs.get("Labels") or {}, v.name):
-                with contextlib.suppress(docker.errors.NotFound):
-                    v.remove(force=True)
+                # its containers went just above; the engine may hold it a moment longer
+                remove_volume(v)
                 result.volumes.append(v.name)
         for img in client.images.list(filters=flt):
             if wanted(img.labels or {}, img.short_id):

@@ -12,6 +12,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from ..errors import InfraError, MissingRequirement
+from .removal import make_way_for_container
 from .runs import host_name
 
 
@@ -82,6 +83,8 @@ def create_container(client: docker.DockerClient, **kwargs: Any) -> Container:
     ``MaskedPaths``/``ReadonlyPaths``; the engine API rejects it and the SDK has no
     argument for those two fields, so they are set on the host config here.
     """
+    if kwargs.get("name"):
+        make_way_for_container(client, kwargs["name"])
     opts = list(kwargs.get("security_opt") or [])
     if UNMASK_SYSTEM_PATHS not in opts:
         return client.containers.create(**kwargs)

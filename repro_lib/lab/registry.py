@@ -14,6 +14,7 @@ from docker.models.volumes import Volume
 from ..config import NAME_PREFIX
 from ..errors import InfraError, MissingRequirement
 from .net import free_port, port_is_free, wait_until
+from .removal import make_way_for_container, make_way_for_volume, remove_volume
 from .runs import role_labels
 
 DEFAULT_REGISTRY_IMAGE = "registry:2"
@@ -97,6 +98,8 @@ class Registry:
         if self.proxy_remote:
             env["REGISTRY_PROXY_REMOTEURL"] = self.proxy_remote
         try:
+            make_way_for_container(self.client, name)
+            make_way_for_volume(self.client, f"{name}-data")
             self.volume = self.client.volumes.create(
                 name=f"{name}-data",
                 labels=role_labels(self.run_id, f"{self.role}-registry", keep=self.keep),
@@ -199,14 +202,14 @@ class Registry:
             return
         # the container goes with its anonymous volumes (v): a VOLUME of the image that
         # the named volume does not cover would otherwise stay, unlabelled
-        for obj, options in ((self.container, {"v": True}), (self.volume, {})):
-            if obj is None:
-                continue
+        if self.container is not None:
             with contextlib.suppress(docker.errors.NotFound):
                 try:
-                    obj.remove(force=True, **options)  # type: ignore[call-arg]
+                    self.container.remove(force=True, v=True)
                 except docker.errors.DockerException as exc:
-                    raise InfraError(f"cannot remove {obj}: {exc}") from exc
+                    raise InfraError(f"cannot remove {self.container.name}: {exc}") from exc
+        if self.volume is not None:
+            remove_volume(self.volume)
         self.container = None
         self.volume = None
 

@@ -8,6 +8,7 @@ from docker.models.volumes import Volume
 
 from ..config import NAME_PREFIX
 from ..errors import InfraError
+from .removal import make_way_for_volume, remove_volume
 from .runs import role_labels
 
 
@@ -43,6 +44,9 @@ class StateVolume:
         self.generation += 1
         name = f"{NAME_PREFIX}-{self.run_id}-state-l{self.lane}-g{self.generation}"
         try:
+            # a fresh state must be empty: a volume left under this name by a dead
+            # attempt of the same run would hand the reset its old cache
+            make_way_for_volume(self.client, name)
             self.volume = self.client.volumes.create(
                 name=name, labels=role_labels(self.label_id, "buildkit-state", keep=self.keep)
             )
@@ -54,12 +58,7 @@ class StateVolume:
         if self.volume is None or self.keep:
             self.volume = None
             return
-        try:
-            self.volume.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.DockerException as exc:
-            raise InfraError(f"cannot remove state volume {self.volume.name}: {exc}") from exc
+        remove_volume(self.volume)
         self.volume = None
 
     def __enter__(self) -> StateVolume:

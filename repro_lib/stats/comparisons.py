@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -198,24 +198,34 @@ def compare(a: pd.DataFrame | FailureRate | tuple[int, int], b: Any) -> Comparis
 class GroupAgreement:
     """Whether groups of tries within one cell (e.g. hosts) share one failure probability.
 
-    H0: every group has the same failure probability; H1: at least one differs.
-    Two groups use Fisher's exact test; more use Pearson's chi-square test of
-    the ``groups x {failed, clean}`` table (``scipy.stats.chi2_contingency``,
-    no continuity correction), whose approximation is poor when expected
-    counts are below about 5. A table without failures, or with one group,
-    has nothing to test: ``pvalue`` is 1.
+    The unit is the reset cycle, not the try: tries within a cycle are not
+    independent (one failed state makes later failures likelier), so a test on
+    tries would see disagreement where there is only clustering. Each group's
+    cycles are scored as "at least one try failed" or not, which is valid
+    whatever the dependence inside a cycle, given that the cycles of a cell have
+    the same ``K`` (they do: ``K`` is a cell's axis). Tries whose cycle is
+    unknown count as cycles of one try.
+
+    H0: every group has the same chance that a cycle shows the bug; H1: at least
+    one differs. Two groups use Fisher's exact test; more use Pearson's
+    chi-square test of the ``groups x {failing, clean cycles}`` table
+    (``scipy.stats.chi2_contingency``, no continuity correction), whose
+    approximation is poor when expected counts are below about 5. A table
+    without failures, or with one group, has nothing to test: ``pvalue`` is 1.
 
     Attributes
     ----------
     cell : str
         The cell the groups belong to.
     groups : dict
-        ``{group: (failures, counted tries)}``.
+        ``{group: (failures, counted tries)}``, for display.
     statistic : float
-        Fisher's odds ratio, or the chi-square statistic (NaN when untested).
+        Fisher's odds ratio on cycles, or the chi-square statistic (NaN when untested).
     pvalue : float
     method : str
         ``"fisher"``, ``"chi2"`` or ``"none"``.
+    cycles : dict
+        ``{group: (cycles with a failure, cycles)}``, what the test counts.
     """
 
     cell: str
@@ -223,6 +233,7 @@ class GroupAgreement:
     statistic: float
     pvalue: float
     method: str
+    cycles: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def disagree(self, alpha: float = 0.05) -> bool:
         return self.pvalue < alpha
@@ -232,7 +243,8 @@ class GroupAgreement:
         if self.method == "none":
             return f"{counts} (nothing to test)"
         name = "Fisher exact" if self.method == "fisher" else "chi-square"
-        return f"{counts}; {name} {p_text(self.pvalue)}"
+        per_cycle = ", ".join(f"{k}/{n}" for k, n in self.cycles.values())
+        return f"{counts}; cycles with a failure {per_cycle}; {name} {p_text(self.pvalue)}"
 
 
 def group_agreement(
@@ -272,25 +284,35 @@ def group_agreement(
         return []
     out = []
     counted = df[df["counted"]]
+    counted = counted.assign(_cycle=cycle_groups(counted))
     for key, group in counted.groupby(cell, sort=True):
-        groups = {
-            str(g): (int(part["failed"].sum()), len(part))
+        parts = [
+            (str(g), part)
             for g, part in group.groupby(by, sort=True)
             if str(g) not in ("", "nan", "None")
-        }
-        if len(groups) < 2:
+        ]
+        if len(parts) < 2:
             continue
-        table = [[k, n - k] for k, n in groups.values()]
-        if sum(k for k, _ in groups.values()) == 0 or all(n == k for k, n in groups.values()):
-            out.append(GroupAgreement(str(key), groups, math.nan, 1.0, "none"))
-        elif len(groups) == 2:
+        groups = {g: (int(part["failed"].sum()), len(part)) for g, part in parts}
+        cycles = {}
+        for g, part in parts:
+            failing = part.groupby("_cycle", sort=False)["failed"].any()
+            cycles[g] = (int(failing.sum()), len(failing))
+        table = [[k, n - k] for k, n in cycles.values()]
+        if sum(k for k, _ in cycles.values()) == 0 or all(n == k for k, n in cycles.values()):
+            out.append(GroupAgreement(str(key), groups, math.nan, 1.0, "none", cycles))
+        elif len(cycles) == 2:
             res = _sps.fisher_exact(table, alternative="two-sided")
             out.append(
-                GroupAgreement(str(key), groups, float(res.statistic), float(res.pvalue), "fisher")
+                GroupAgreement(
+                    str(key), groups, float(res.statistic), float(res.pvalue), "fisher", cycles
+                )
             )
         else:
             res = _sps.chi2_contingency(table, correction=False)
             out.append(
-                GroupAgreement(str(key), groups, float(res.statistic), float(res.pvalue), "chi2")
+                GroupAgreement(
+                    str(key), groups, float(res.statistic), float(res.pvalue), "chi2", cycles
+                )
             )
     return out
