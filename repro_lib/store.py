@@ -2,7 +2,10 @@
 
 Each trial row is committed when its try ends, so a crash loses at most the
 try in flight. Rows are never updated or deleted; ``UNIQUE(run_id, trial)``
-makes a rerun of a recorded trial an error instead of a duplicate.
+makes a rerun of a recorded trial an error instead of a duplicate. A culprit
+search's rows (``culprit_searches``, ``culprit``: its settings, status and
+candidates) are rewritten as it goes; its probes (``culprit_probes``) are only
+added.
 
 Several processes may open, create and write one store at once: a new store
 appears complete (built beside its path and linked into place), and an older
@@ -29,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from .culprit import CandidateRow, ProbeRow, SearchRecord
 from .errors import InfraError, UsageError
 from .forensics import CacheFacts
 from .records import TRIAL_COLUMNS, TrialRecord
@@ -143,6 +147,59 @@ TABLES: dict[str, Table] = {
             Column("manifest_path"),
             Column("reference"),
         ),
+    ),
+    # culprit searches (repro_lib.bisect): a search's settings and status, one row per
+    # search and candidate (its build and standing, rewritten after every probe and
+    # build), one row per probe (its trials are in ``trials`` under its sweep id)
+    "culprit_searches": Table(
+        (
+            Column("search_id", "TEXT PRIMARY KEY"),
+            Column("started_at", "TEXT NOT NULL"),
+            Column("updated_at", "TEXT NOT NULL"),
+            Column("kind", "TEXT NOT NULL"),
+            Column("repo"),
+            Column("good", "TEXT NOT NULL"),
+            Column("bad", "TEXT NOT NULL"),
+            Column("direction", "TEXT NOT NULL"),
+            Column("confidence", "REAL NOT NULL"),
+            Column("max_tries", "INTEGER NOT NULL"),
+            Column("tries_per_cycle", "INTEGER NOT NULL"),
+            Column("status", "TEXT NOT NULL"),
+            Column("settings", "TEXT NOT NULL"),
+        ),
+    ),
+    "culprit": Table(
+        (
+            Column("search_id", "TEXT NOT NULL"),
+            Column("position", "INTEGER NOT NULL"),
+            Column("ref", "TEXT NOT NULL"),
+            Column("short", "TEXT NOT NULL"),
+            Column("subject"),
+            Column("build", "TEXT NOT NULL"),
+            Column("image"),
+            Column("build_log"),
+            Column("cycles", "INTEGER NOT NULL"),
+            Column("failing_cycles", "INTEGER NOT NULL"),
+            Column("tries", "INTEGER NOT NULL"),
+            Column("posterior", "REAL NOT NULL"),
+        ),
+        "UNIQUE(search_id, position)",
+    ),
+    "culprit_probes": Table(
+        (
+            Column("search_id", "TEXT NOT NULL"),
+            Column("probe", "INTEGER NOT NULL"),
+            Column("position", "INTEGER NOT NULL"),
+            Column("ref", "TEXT NOT NULL"),
+            Column("sweep_id", "TEXT NOT NULL"),
+            Column("cycles", "INTEGER NOT NULL"),
+            Column("failing_cycles", "INTEGER NOT NULL"),
+            Column("tries", "INTEGER NOT NULL"),
+            Column("best_ref", "TEXT NOT NULL"),
+            Column("best_posterior", "REAL NOT NULL"),
+            Column("recorded_at", "TEXT NOT NULL"),
+        ),
+        "UNIQUE(search_id, probe)",
     ),
 }
 #: the indexes of a store, by name
@@ -546,3 +603,144 @@ class Store:
         return pd.read_sql_query(
             query + " ORDER BY started_at, run_id, trial", self._db, params=tuple(args)
         )
+
+    # culprit searches ---------------------------------------------------
+    def save_search(self, record: SearchRecord, settings: dict[str, Any] | None = None) -> None:
+        """Write a search as it stands, in one transaction: its settings and status,
+        every candidate's row, and the probes not yet recorded (a probe's row, once
+        written, stands). ``settings`` (what a resume needs: the probe plan, the build
+        hook) is kept from the first save when not given.
+
+        Raises:
+            InfraError: the store cannot be written.
+        """
+        now = utcnow()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            old = self._db.execute(
+                "SELECT started_at, settings FROM culprit_searches WHERE search_id = ?",
+                (record.search_id,),
+            ).fetchone()
+            self._db.execute(
+                "INSERT OR REPLACE INTO culprit_searches(search_id, started_at, updated_at, kind,"
+                " repo, good, bad, direction, confidence, max_tries, tries_per_cycle, status,"
+                " settings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    record.search_id,
+                    old["started_at"] if old else now,
+                    now,
+                    record.kind,
+                    record.repo,
+                    record.good,
+                    record.bad,
+                    record.direction,
+                    record.confidence,
+                    record.max_tries,
+                    record.tries_per_cycle,
+                    record.status,
+                    json.dumps(settings, default=str)
+                    if settings is not None
+                    else (old["settings"] if old else "{}"),
+                ),
+            )
+            for c in record.candidates:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO culprit(search_id, position, ref, short, subject,"
+                    " build, image, build_log, cycles, failing_cycles, tries, posterior)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        record.search_id,
+                        c.position,
+                        c.ref,
+                        c.short,
+                        c.subject,
+                        c.build,
+                        c.image,
+                        c.build_log,
+                        c.cycles,
+                        c.failing_cycles,
+                        c.tries,
+                        c.posterior,
+                    ),
+                )
+            for p in record.probes:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO culprit_probes(search_id, probe, position, ref,"
+                    " sweep_id, cycles, failing_cycles, tries, best_ref, best_posterior,"
+                    " recorded_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        record.search_id,
+                        p.probe,
+                        p.position,
+                        p.ref,
+                        p.sweep_id,
+                        p.cycles,
+                        p.failing_cycles,
+                        p.tries,
+                        p.best_ref,
+                        p.best_posterior,
+                        now,
+                    ),
+                )
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise InfraError(
+                    f"cannot record culprit search {record.search_id} in {self.path}: {exc}",
+                    hint="free space or make data/ writable; resume the search to finish",
+                ) from exc
+            raise
+
+    def searches(self, search_id: str | None = None) -> list[SearchRecord]:
+        """Every recorded culprit search (or the one named), oldest first; [] for a
+        store from before culprit searches."""
+        query, args = "SELECT * FROM culprit_searches", ()
+        if search_id is not None:
+            query, args = query + " WHERE search_id = ?", (search_id,)
+        try:
+            rows = self._db.execute(query + " ORDER BY started_at, search_id", args).fetchall()
+        except sqlite3.OperationalError:  # a read-only store from before culprit searches
+            return []
+        out = []
+        for row in rows:
+            sid = row["search_id"]
+            candidates = self._db.execute(
+                "SELECT * FROM culprit WHERE search_id = ? ORDER BY position", (sid,)
+            ).fetchall()
+            probes = self._db.execute(
+                "SELECT * FROM culprit_probes WHERE search_id = ? ORDER BY probe", (sid,)
+            ).fetchall()
+            out.append(
+                SearchRecord(
+                    search_id=sid,
+                    kind=row["kind"],
+                    repo=row["repo"],
+                    good=row["good"],
+                    bad=row["bad"],
+                    direction=row["direction"],
+                    confidence=row["confidence"],
+                    max_tries=row["max_tries"],
+                    tries_per_cycle=row["tries_per_cycle"],
+                    status=row["status"],
+                    candidates=tuple(
+                        CandidateRow(**{k: c[k] for k in CandidateRow.__dataclass_fields__})
+                        for c in candidates
+                    ),
+                    probes=tuple(
+                        ProbeRow(**{k: p[k] for k in ProbeRow.__dataclass_fields__}) for p in probes
+                    ),
+                )
+            )
+        return out
+
+    def search_settings(self, search_id: str) -> dict[str, Any] | None:
+        """What :meth:`save_search` kept for resuming ``search_id``; None when unknown."""
+        try:
+            row = self._db.execute(
+                "SELECT settings FROM culprit_searches WHERE search_id = ?", (search_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return json.loads(row["settings"]) if row else None

@@ -25,13 +25,18 @@ LAYERS: list[tuple[str, ...]] = [
     ("repro_lib.testsh_env",),
     # the Docker objects the lab makes (labels, registries, volumes, cleanup, engines)
     ("repro_lib.lab", "repro_lib.dockerd", "repro_lib.fixtures"),
+    # commits as culprit-search candidates: git, and the images the user's build hook tags
+    ("repro_lib.commits",),
     # checking a build's tarball, and what a failure lost
     ("repro_lib.verify", "repro_lib.forensics"),
+    # the culprit search's model and records (numpy and scipy only): the store keeps
+    # its records, so it sits below the store
+    ("repro_lib.culprit",),
     # where every record goes (it reads cache facts back as forensics objects)
     ("repro_lib.store",),
     # pure functions of records and frames: a batch's summary and a sweep's stopping
     # rule use them while running, so they sit below the running layers
-    ("repro_lib.frames", "repro_lib.stats", "repro_lib.culprit"),
+    ("repro_lib.frames", "repro_lib.stats"),
     # how one build runs, one try, one batch of tries
     ("repro_lib.builders",),
     ("repro_lib.trials", "repro_lib.progress"),
