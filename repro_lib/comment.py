@@ -38,7 +38,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from .culprit import SearchRecord
 from .forensics import find_run_dir
+from .report_culprit import summary_line
 from .results import version_key
 from .stats import failure_rate, format_pct, rates_by
 
@@ -73,6 +75,7 @@ def write_github(
     evidence: int = 3,
     limit: int = COMMENT_LIMIT,
     attachment_limit: int = ATTACHMENT_LIMIT,
+    searches: Sequence[SearchRecord] = (),
 ) -> GithubFiles:
     """Write ``comment.md`` and ``findings.zip`` beside ``report.md`` in ``out_dir``.
 
@@ -93,6 +96,8 @@ def write_github(
     limit, attachment_limit : int
         Size limits of the comment (characters, counted as UTF-8 bytes) and of
         the archive (bytes).
+    searches : sequence of SearchRecord, optional
+        Culprit searches the report shows: one line each under the heading.
     """
     out = Path(out_dir)
     report = (out / "report.md").read_text(encoding="utf-8")
@@ -102,7 +107,7 @@ def write_github(
         bundles=_bundles(df, runs_dir, evidence),
         limit=attachment_limit,
     )
-    text = comment_text(df, report, scope=scope, left_out=left_out, limit=limit)
+    text = comment_text(df, report, scope=scope, left_out=left_out, limit=limit, searches=searches)
     comment = out / "comment.md"
     comment.write_text(text, encoding="utf-8")
     return GithubFiles(comment, archive, tuple(left_out))
@@ -116,10 +121,11 @@ def comment_text(
     scope: str,
     left_out: Sequence[str] = (),
     limit: int = COMMENT_LIMIT,
+    searches: Sequence[SearchRecord] = (),
 ) -> str:
     """The comment body: headline first, then ``<details>`` blocks cut to fit ``limit``."""
     sections = _sections(report)
-    head = _headline(df, scope, left_out)
+    head = _headline(df, scope, left_out, searches)
     blocks = [
         ("Results per cell", _cells_table(df), "per-cell table"),
         ("The rest of the report", _rest(sections), "report"),
@@ -246,8 +252,15 @@ def _no_images(text: str) -> str:
     return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r"_(figure `\2` in findings.zip: \1)_", text)
 
 
-def _headline(df: pd.DataFrame, scope: str, left_out: Sequence[str]) -> str:
+def _headline(
+    df: pd.DataFrame, scope: str, left_out: Sequence[str], searches: Sequence[SearchRecord]
+) -> str:
     lines = [f"## BuildKit missing-layer reproduction: {scope}", ""]
+    if searches:  # what a culprit search found comes first: it answers the issue's question
+        lines += [
+            *(f"- **Culprit search `{s.search_id}`**: {summary_line(s)}" for s in searches),
+            "",
+        ]
     if df.empty:
         return "\n".join([*lines, "No trials were recorded, so there is nothing to report.", ""])
     counted = int(df["counted"].sum())

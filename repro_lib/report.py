@@ -24,8 +24,10 @@ import pandas as pd
 from . import plots, stats
 from .comment import write_github
 from .config import Paths
+from .culprit import SearchRecord
 from .forensics import find_run_dir
 from .merge import merged_view
+from .report_culprit import culprit_section
 from .results import (
     ANALYSIS_COLUMNS,
     derive,
@@ -85,6 +87,7 @@ def write_report(
     command: str | None = None,
     github: bool = False,
     evidence: int = 3,
+    searches: Sequence[SearchRecord] = (),
 ) -> Path:
     """Write ``report.md``, its PNG figures and ``trials.csv`` into ``out_dir``.
 
@@ -108,6 +111,9 @@ def write_report(
         characters) and ``findings.zip`` beside the report; see ``repro_lib.comment``.
     evidence : int, default 3
         With ``github``: the most failure evidence bundles put in ``findings.zip``.
+    searches : sequence of SearchRecord, optional
+        Culprit searches (``Store.searches``) to show in a "Culprit" section, with
+        a posterior plot each (``repro_lib.report_culprit``); none: no section.
 
     Returns
     -------
@@ -131,8 +137,18 @@ def write_report(
                 label=f"the merged stores {label}",
                 github=github,
                 evidence=evidence,
+                searches=searches,
             )
-    return _write(store_or_df, out_dir, sweep, run, command, github=github, evidence=evidence)
+    return _write(
+        store_or_df,
+        out_dir,
+        sweep,
+        run,
+        command,
+        github=github,
+        evidence=evidence,
+        searches=searches,
+    )
 
 
 def _write(
@@ -145,6 +161,7 @@ def _write(
     label: str | None = None,
     github: bool = False,
     evidence: int = 3,
+    searches: Sequence[SearchRecord] = (),
 ) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +198,7 @@ def _write(
     text = _render(
         df, out, sweep=sweep, run=run, command=command, runs=runs, source=source, sweeps=sweeps
     )
+    text += "\n".join(culprit_section(searches, out))
     text = text.rstrip("\n") + "\n" + "\n".join(_what_was_lost(df, batches, run_dirs)) + "\n"
     report = out / "report.md"
     report.write_text(text, encoding="utf-8")
@@ -188,7 +206,15 @@ def _write(
         scope = (
             f"sweep `{sweep}`" if sweep else f"run `{run}`" if run else f"all trials in {source}"
         )
-        write_github(out, df, scope=scope, trials_file=trials, runs_dir=run_dirs, evidence=evidence)
+        write_github(
+            out,
+            df,
+            scope=scope,
+            trials_file=trials,
+            runs_dir=run_dirs,
+            evidence=evidence,
+            searches=searches,
+        )
     return report
 
 

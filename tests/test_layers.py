@@ -51,7 +51,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("repro_lib.results",),
     # results into figures, reports, comments; the benchmark; the command line
     ("repro_lib.plots",),
-    ("repro_lib.report", "repro_lib.comment", "repro_lib.bench_analysis"),
+    (
+        "repro_lib.report",
+        "repro_lib.report_culprit",
+        "repro_lib.comment",
+        "repro_lib.bench_analysis",
+    ),
     ("repro_lib.bench",),
     ("repro_lib.cli", "repro_lib.__main__"),
     # the package's front door (``__version__``, a lazy ``load_results``)

@@ -17,6 +17,9 @@ import pytest
 
 from repro_lib.config import Paths
 from repro_lib.results import default_store, findings_store, load_results
+from repro_lib.store import Store
+
+from .test_report_culprit import CONFIDENT, SHORT, search
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -101,6 +104,7 @@ def text_of(nb) -> str:
         "03-analysis.ipynb",
         "04-report.ipynb",
         "05-findings.ipynb",
+        "06-culprit.ipynb",
     ],
 )
 def test_notebook_is_saved_clean_with_a_parameters_cell(name):
@@ -406,3 +410,21 @@ def test_findings_notebook_on_the_shipped_findings_dataset(kernel, tmp_path):
     assert "reset=4/mode=daemon</td>" in tables and "findings-02-k4-c001</td>" in tables
     assert max(len(line) for line in text.splitlines()) < 400
     assert "v0.7.2<-v0.9.0" in text  # the cross-version cells
+
+
+# 06: culprit searches ----------------------------------------------------------------
+def test_culprit_notebook_shows_a_stored_search(kernel, tmp_path):
+    """Searches saved through the store (test records, as in test_report_culprit) are
+    read back and shown: the statement, the tables and one posterior plot."""
+    store = tmp_path / "culprit.sqlite"
+    with Store(store) as st:
+        st.save_search(search(CONFIDENT))
+        st.save_search(search(SHORT, status="budget spent", unbuildable=(5,), search_id="c-two"))
+    nb = run_notebook(
+        NOTEBOOKS / "06-culprit.ipynb", {"STORE": str(store), "SEARCH": "c-two"}, tmp_path
+    )
+    text = text_of(nb)
+    assert f"culprit searches in {store}: 1" in text
+    assert "best candidate so far: 04040404" in text and "unbuildable" in text
+    assert "s-probe3" in text  # the probes table
+    assert len(outputs(nb, "image/png")) == 1

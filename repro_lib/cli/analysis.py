@@ -16,7 +16,12 @@ from .base import handle_errors, main
     type=click.Path(dir_okay=False),
     help="Results store (default: data/raw/trials.sqlite).",
 )
-@click.option("--sweep", "sweep_id", default=None, help="Only this sweep's trials.")
+@click.option(
+    "--sweep",
+    "sweep_id",
+    default=None,
+    help="Only this sweep's trials, and the culprit searches with a probe in it (or of this id).",
+)
 @click.option("--run", "run_id", default=None, help="Only this run's trials.")
 @click.option(
     "--out",
@@ -56,18 +61,31 @@ def report(
 ) -> None:
     """Write a Markdown report (plus PNG plots and the raw trials) for an issue comment.
 
-    The raw trials are trials.csv, or trials.parquet above 50,000 trials.
+    The raw trials are trials.csv, or trials.parquet above 50,000 trials. Culprit
+    searches (repro-lib bisect) get a Culprit section: with --sweep, the searches
+    of that id or with a probe in that sweep.
     """
     from pathlib import Path
 
     from ..config import Paths
     from ..report import write_report
+    from ..report_culprit import select_searches
+    from ..store import Store
 
     paths = Paths.from_env()
     store = Path(store_path) if store_path else paths.store
     out = Path(out_dir) if out_dir else paths.reports / (sweep_id or run_id or "all")
+    with Store(store, read_only=True) as st:  # a missing store: one line, exit 2
+        searches = select_searches(st.searches(), sweep=sweep_id, run=run_id)
     written = write_report(
-        store, out, sweep=sweep_id, run=run_id, command=command, github=github, evidence=evidence
+        store,
+        out,
+        sweep=sweep_id,
+        run=run_id,
+        command=command,
+        github=github,
+        evidence=evidence,
+        searches=searches,
     )
     click.echo(str(written))
     if github:
