@@ -269,7 +269,8 @@ class PatternFit:
 
     @property
     def bse(self) -> pd.Series:
-        return pd.Series(np.sqrt(np.diag(self.cov.to_numpy())), index=self.params.index)
+        with np.errstate(invalid="ignore"):  # a negative variance (a singular fit) reads NaN
+            return pd.Series(np.sqrt(np.diag(self.cov.to_numpy())), index=self.params.index)
 
     @property
     def tvalues(self) -> pd.Series:
@@ -434,15 +435,12 @@ def pattern_logit(
     )
 
 
-def _cluster_fit(y: np.ndarray, groups: np.ndarray) -> object | None:
+def _cluster_fit(y: np.ndarray, groups: np.ndarray) -> PatternFit | None:
     """Intercept-only binomial GLM with cluster-robust covariance; None if it cannot be fitted."""
-    import statsmodels.api as sm  # imported when used: keeps the CLI's start-up quick
-
-    model = sm.GLM(y.astype(float), np.ones((len(y), 1)), family=sm.families.Binomial())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return model.fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+            return pattern_logit(None, pd.DataFrame({"const": np.ones(len(y))}), y, groups)
     except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
         return None
 
