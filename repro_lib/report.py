@@ -461,7 +461,9 @@ def _environment(df: pd.DataFrame, runs: list[dict[str, Any]]) -> str:
     setups = sorted(
         {
             f"{b} / {m} / {c}"
-            for b, m, c in df[["backend", "mode", "cache_type"]].itertuples(index=False)
+            for b, m, c in df[["backend", "mode", "cache_type"]]
+            .drop_duplicates()
+            .itertuples(index=False)
         }
     )
     rows = [

@@ -84,11 +84,16 @@ def cycle_groups(df: pd.DataFrame) -> np.ndarray:
     ``since_reset``) gets a group of its own, i.e. it is treated as an
     independent try.
     """
-    numbers = cycle_numbers(df).astype("Float64")
+    return _cycle_groups(df, cycle_numbers(df))
+
+
+def _cycle_groups(df: pd.DataFrame, numbers: pd.Series) -> np.ndarray:
+    numbers = numbers.astype("Float64")
     unknown = -np.arange(1, len(df) + 1, dtype=float)  # a cycle of its own, never a real number
     keys = pd.DataFrame(
         {
-            "run": df["run_id"].astype(str).to_numpy() if "run_id" in df.columns else "",
+            # run ids as codes: grouping integers is many times faster than strings
+            "run": pd.factorize(df["run_id"])[0] if "run_id" in df.columns else 0,
             "cycle": numbers.fillna(pd.Series(unknown, index=df.index)).to_numpy(float),
         }
     )
@@ -106,13 +111,17 @@ def complete_cycles(df: pd.DataFrame) -> int:
     d = _counted_frame(df)
     if d.empty:
         return 0
-    groups = cycle_groups(d)
+    numbers = cycle_numbers(d)
+    return _complete_cycles(d, numbers, _cycle_groups(d, numbers))
+
+
+def _complete_cycles(d: pd.DataFrame, numbers: pd.Series, groups: np.ndarray) -> int:
     size = (
         pd.to_numeric(d["reset_freq"], errors="coerce").to_numpy(float)
         if "reset_freq" in d.columns
         else np.full(len(d), np.nan)
     )
-    known = ~cycle_numbers(d).isna().to_numpy()
+    known = ~numbers.isna().to_numpy()
     size = np.where(known & np.isfinite(size), size, 1.0)
     table = pd.DataFrame({"group": groups, "size": size}).groupby("group")
     return int((table.size() == table["size"].max()).sum())
@@ -554,10 +563,12 @@ def cycle_rate(
     (2, 8, 4, 4)
     """
     d = _counted_frame(df)
+    numbers = cycle_numbers(d)
+    groups = _cycle_groups(d, numbers)
     return clustered_rate(
         d["failed"].to_numpy(bool),
-        cycle_groups(d),
-        complete=complete_cycles(d),
+        groups,
+        complete=_complete_cycles(d, numbers, groups) if len(d) else 0,
         method=method,
         alpha=alpha,
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._common import _check_alpha, _confidence, _counted_frame, p_text
+from ._common import _check_alpha, _confidence, _counted_frame, _narrow, p_text
 from .cycles import cycle_groups, cycle_numbers, pattern_logit
 
 _DEPENDENCE_COLUMNS = ["comparison", "odds_ratio", "ci_low", "ci_high", "pvalue", "tries", "cycles"]
@@ -268,7 +268,7 @@ def failure_clustering(df: pd.DataFrame, *, alpha: float = 0.05) -> FailureClust
         layer or no cycle holds more than one try.
     """
     alpha = _check_alpha(alpha)
-    d = _counted_frame(df)
+    d = _narrow(_counted_frame(df), "configuration")
     if d.empty or "since_reset" not in d.columns:
         return FailureClustering(None, None, alpha, "no counted try with a position since reset")
     d = d[d["since_reset"].notna()]

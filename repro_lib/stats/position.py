@@ -25,7 +25,7 @@ from scipy import stats as _sps
 from scipy.special import expit
 
 from ..frames import version_key
-from ._common import _check_alpha, _confidence, _counted_frame, format_pct, p_text
+from ._common import _check_alpha, _confidence, _counted_frame, _narrow, format_pct, p_text
 from .cycles import cluster_fit_options, clustered_rate, cycle_groups
 from .rates import failure_rate
 
@@ -205,7 +205,7 @@ def hazard_trend_test(df: pd.DataFrame, *, start: int = 2, alpha: float = 0.05) 
     (3.452, 1)
     """
     alpha = _check_alpha(alpha)
-    d = _counted_frame(df)
+    d = _narrow(_counted_frame(df), "version_label")
     out: list[TrendTest] = []
     if d.empty:
         return out
@@ -451,7 +451,7 @@ class HazardModel:
 
 
 def _version_frame(df: pd.DataFrame, version: str | None) -> tuple[pd.DataFrame, str | None]:
-    d = _counted_frame(df)
+    d = _narrow(_counted_frame(df), "version_label", "reset_freq")
     if version is None:
         labels = d["version_label"].dropna().unique()
         if len(labels) > 1:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..frames import derive, version_key
-from ._common import _check_alpha, _counted_frame, p_text
+from ._common import _check_alpha, _counted_frame, _narrow, p_text
 from .cycles import PatternFit, cycle_groups, pattern_logit
 
 
@@ -82,6 +82,7 @@ def logistic_fit(df: pd.DataFrame) -> LogisticFit | None:
 
     if not {"counted", "failed"} <= set(df.columns):
         df = derive(df)
+    df = _narrow(df, "reset_freq", "version_label")
     d = df[df["counted"] & df["reset_freq"].notna()]
     if d.empty:
         return None
@@ -320,7 +321,7 @@ def failure_model(
     from statsmodels.tools import sm_exceptions as sme
 
     alpha = _check_alpha(alpha)
-    d = _counted_frame(df)
+    d = _narrow(_counted_frame(df), "reset_freq", *(c for c, _ in _MODEL_TERMS.values()))
     d = d[d["reset_freq"].notna() & d["since_reset"].notna()] if len(d) else d
     affected = sorted(
         (str(v) for v in d.loc[d["failed"], "version_label"].dropna().unique()), key=version_key
