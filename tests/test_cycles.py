@@ -170,6 +170,26 @@ def test_fit_on_pattern_counts_equals_the_per_try_cluster_robust_fit():
     naive = logit("failed ~ " + rhs, d).fit(disp=0, tol=1e-12)
     assert (counts.bse / naive.bse)[["C(version)[T.v2]", "C(version)[T.v3]"]].min() > 1.2
 
+    # numeric designs (the position models): predicted-rate intervals and a Wald test
+    import statsmodels.api as sm
+
+    exog = np.column_stack([np.ones(len(d)), d["position"] - 1.0, d["log2_k"] == 2])
+    for cycles in (groups, np.arange(len(d))):
+        glm = sm.GLM(d["failed"].astype(float), exog, family=sm.families.Binomial())
+        per_try = glm.fit(tol=1e-12, **cluster_fit_options(cycles))
+        counts = pattern_logit(None, pd.DataFrame(exog), d["failed"], cycles)
+        at = np.array([[1.0, 0.0, 0.0], [1.0, 3.0, 1.0], [1.0, 9.0, 0.0]])
+        np.testing.assert_allclose(
+            counts.predict_interval(at, 0.1),
+            per_try.get_prediction(at).conf_int(alpha=0.1),
+            rtol=1e-8,
+        )
+        contrast = np.array([[0.0, 0.0, 1.0]])
+        assert counts.wald_pvalue(contrast) == pytest.approx(
+            float(per_try.wald_test(contrast, scalar=True).pvalue), rel=1e-8
+        )
+        assert counts.llf == pytest.approx(per_try.llf, rel=1e-10)
+
     # one try per cycle: nothing to correct, the model-based covariance and normal p-values
     alone = d.assign(cycle=np.arange(len(d)))
     per_try = logit("failed ~ " + rhs, alone).fit(disp=0, tol=1e-12)

@@ -299,6 +299,43 @@ class PatternFit:
     def cov_params(self) -> pd.DataFrame:
         return self.cov
 
+    def predict_interval(self, exog: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+        """``1 - alpha`` intervals of the failure probability at the rows of ``exog``.
+
+        As statsmodels' GLM ``get_prediction(exog).conf_int(alpha)``: the
+        interval of the linear predictor mapped through the logistic function,
+        with, when cluster-robust, a Student t on the residual degrees of
+        freedom (tries minus coefficients) as statsmodels uses there.
+        """
+        from scipy import stats as sps
+
+        x = np.asarray(exog, dtype=float)
+        beta, cov = self.params.to_numpy()[: x.shape[1]], self.cov.to_numpy()
+        cov = cov[: x.shape[1], : x.shape[1]]
+        eta = x @ beta
+        se = np.sqrt(np.einsum("ij,jk,ik->i", x, cov, x))
+        if self.df_inference is None:
+            q = sps.norm.ppf(1 - alpha / 2)
+        else:
+            q = sps.t.ppf(1 - alpha / 2, self.nobs - len(self.params))
+        return np.column_stack([expit(eta - q * se), expit(eta + q * se)])
+
+    def wald_pvalue(self, contrast: np.ndarray) -> float:
+        """p-value of the Wald test that ``contrast @ params = 0``.
+
+        As statsmodels' ``wald_test(contrast, scalar=True)``: an F test on
+        ``clusters - 1`` denominator df when cluster-robust, chi-square otherwise.
+        """
+        from scipy import stats as sps
+
+        r = np.atleast_2d(np.asarray(contrast, dtype=float))
+        value = r @ self.params.to_numpy()
+        statistic = float(value @ np.linalg.solve(r @ self.cov.to_numpy() @ r.T, value))
+        q = r.shape[0]
+        if self.df_inference is None:
+            return float(sps.chi2.sf(statistic, q))
+        return float(sps.f.sf(statistic / q, q, self.df_inference))
+
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         q = self._reference().ppf(1 - alpha / 2)
         return pd.DataFrame(
