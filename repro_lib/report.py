@@ -60,6 +60,9 @@ MAX_RATE = 0.01  # a clean version is "no failure seen" once p < 1% (exact, one-
 _NOT_OPTIONS = frozenset({"command", "argv", "scenario_name"})
 _TRISTATE_FLAGS = frozenset({"privileged"})
 _MAX_PAIRS_VERSIONS = 6
+_CYCLE_RATE_INPUTS = frozenset(
+    {"run_id", "trial", "since_reset", "cycle", "reset_freq", "counted", "failed"}
+)
 _FIGURES = (
     ("rate_vs_reset.png", "Missing-layer probability vs reset frequency", plots.plot_rate_vs_reset),
     ("heatmap.png", "Rate by version and reset frequency", plots.plot_heatmap),
@@ -536,17 +539,19 @@ def _design_effect(value: float) -> str:
 
 
 def _verdicts(df: pd.DataFrame) -> list[str]:
+    # a version's rate reads these: filter them, not every column of a million rows
+    rate_columns = [c for c in df.columns if c in _CYCLE_RATE_INPUTS]
     table = rates_by(df, "version_label", alpha=ALPHA, max_rate=MAX_RATE)
     lines = ["", "## Verdict per version", ""]
     for r in table.itertuples(index=False):
         label = str(r.version_label)
-        part = df[df["version_label"] == r.version_label]
         if "<-" in label:
             importer, exporter = label.split("<-", 1)
             label = f"{importer} importing a cache exported by {exporter}"
         head, _, evidence = str(r.verdict).partition(" (")
         evidence = evidence.rstrip(")")
         if head == "affected":
+            part = df.loc[df["version_label"] == r.version_label, rate_columns]
             lines.append(f"- **{label}**: affected — {cycle_rate(part, alpha=ALPHA).describe()}")
         elif head == "no failure seen":
             lines.append(f"- **{label}**: {head} — {evidence}")

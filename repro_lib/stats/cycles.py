@@ -426,7 +426,8 @@ def pattern_logit(
     else:
         pattern = np.zeros(n_obs, dtype=np.int64)
     n_patterns = int(pattern.max()) + 1 if n_obs else 0
-    first = np.unique(pattern, return_index=True)[1]
+    seen = pd.Series(pattern).drop_duplicates()  # each pattern's first try
+    first = seen.index.to_numpy()[np.argsort(seen.to_numpy())]
     rows = covariates.iloc[first].reset_index(drop=True)
     tries = np.bincount(pattern, minlength=n_patterns).astype(float)
     failures = np.bincount(pattern, weights=y, minlength=n_patterns)
@@ -517,7 +518,7 @@ def clustered_rate(
     y = np.asarray(failed, dtype=float)
     groups = np.asarray(groups)
     k, n = int(y.sum()), len(y)
-    g = len(np.unique(groups)) if n else 0
+    g = len(pd.unique(groups)) if n else 0
     complete = g if complete is None else int(complete)
     naive = failure_rate(k, n, method=method, alpha=alpha)
 
