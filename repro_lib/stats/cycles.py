@@ -330,8 +330,13 @@ class PatternFit:
 
         r = np.atleast_2d(np.asarray(contrast, dtype=float))
         value = r @ self.params.to_numpy()
-        statistic = float(value @ np.linalg.solve(r @ self.cov.to_numpy() @ r.T, value))
-        q = r.shape[0]
+        cov = r @ self.cov.to_numpy() @ r.T
+        if np.isnan(cov).any():
+            raise ValueError("the contrast's covariance is not finite")
+        # a singular covariance (a coefficient without variance): the pseudo-inverse and
+        # its rank, as statsmodels does
+        statistic = float(value @ np.linalg.pinv(cov) @ value)
+        q = min(r.shape[0], int(np.linalg.matrix_rank(cov)))
         if self.df_inference is None:
             return float(sps.chi2.sf(statistic, q))
         return float(sps.f.sf(statistic / q, q, self.df_inference))
