@@ -230,7 +230,7 @@ def _runs(st: Store, df: pd.DataFrame, sweep: str | None, run: str | None) -> li
         one = st.run(run)
         return [one] if one else []
     runs = st.runs(sweep)
-    seen = set(df["run_id"]) if len(df) else set()
+    seen = set(df["run_id"].unique()) if len(df) else set()
     if seen:
         runs = [r for r in runs if r["run_id"] in seen]
     return runs
