@@ -462,7 +462,7 @@ def pattern_logit(
     bread = np.linalg.inv(hessian)
     with np.errstate(divide="ignore", invalid="ignore"):
         llf = float(np.sum(xlogy(failures, p) + xlogy(tries - failures, 1 - p)))
-    cluster = pd.factorize(np.asarray(groups))[0]
+    cluster = pd.factorize(np.asarray(groups), use_na_sentinel=False)[0]
     n_clusters = int(cluster.max()) + 1 if n_obs else 0
     names = design.columns
     if cluster_fit_options(cluster):
