@@ -115,6 +115,11 @@ def _finish_rate_axes(ax: Any, xlabel: str, title: str, alpha: float, interval: 
     ax.grid(True, alpha=0.3)
 
 
+_MODEL_INPUTS = frozenset(
+    {"run_id", "trial", "since_reset", "cycle", "counted", "failed", "reset_freq", "version_label"}
+)
+
+
 def _models(
     d: pd.DataFrame, labels: list[str], model: bool | None, alpha: float, *, k_curve: bool = False
 ) -> dict:
@@ -125,6 +130,8 @@ def _models(
     if model is False:
         return {}
     out = {}
+    # the models read a few columns: filter those, not every column of a million rows
+    d = d[[c for c in d.columns if c in _MODEL_INPUTS]]
     for label in labels:
         part = d[d["version_label"] == label]
         if model is None and not part["failed"].any():

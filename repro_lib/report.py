@@ -13,6 +13,7 @@ import shlex
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from importlib import metadata
 from itertools import combinations
@@ -62,6 +63,9 @@ MAX_RATE = 0.01  # a clean version is "no failure seen" once p < 1% (exact, one-
 _NOT_OPTIONS = frozenset({"command", "argv", "scenario_name"})
 _TRISTATE_FLAGS = frozenset({"privileged"})
 _MAX_PAIRS_VERSIONS = 6
+_CYCLE_RATE_INPUTS = frozenset(
+    {"run_id", "trial", "since_reset", "cycle", "reset_freq", "counted", "failed"}
+)
 _FIGURES = (
     ("rate_vs_reset.png", "Missing-layer probability vs reset frequency", plots.plot_rate_vs_reset),
     ("heatmap.png", "Rate by version and reset frequency", plots.plot_heatmap),
@@ -192,12 +196,21 @@ def _write(
         command = default_command(runs)
     source = label or source
 
-    trials = write_trials(
-        df if isinstance(store_or_df, pd.DataFrame) else store_or_df, out, sweep=sweep, run=run
-    )
-    text = _render(
-        df, out, sweep=sweep, run=run, command=command, runs=runs, source=source, sweeps=sweeps
-    )
+    # the trials file is written while the report is drawn: reading the store and writing
+    # Parquet run in Arrow and SQLite, outside the GIL, so on two cores they take no time of
+    # their own (a few seconds at a million trials)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        writing = pool.submit(
+            write_trials,
+            df if isinstance(store_or_df, pd.DataFrame) else store_or_df,
+            out,
+            sweep=sweep,
+            run=run,
+        )
+        text = _render(
+            df, out, sweep=sweep, run=run, command=command, runs=runs, source=source, sweeps=sweeps
+        )
+        trials = writing.result()
     text += "\n".join(culprit_section(searches, out))
     text = text.rstrip("\n") + "\n" + "\n".join(_what_was_lost(df, batches, run_dirs)) + "\n"
     report = out / "report.md"
@@ -253,7 +266,7 @@ def _runs(st: Store, df: pd.DataFrame, sweep: str | None, run: str | None) -> li
         one = st.run(run)
         return [one] if one else []
     runs = st.runs(sweep)
-    seen = set(df["run_id"]) if len(df) else set()
+    seen = set(df["run_id"].unique()) if len(df) else set()
     if seen:
         runs = [r for r in runs if r["run_id"] in seen]
     return runs
@@ -487,7 +500,9 @@ def _environment(df: pd.DataFrame, runs: list[dict[str, Any]]) -> str:
     setups = sorted(
         {
             f"{b} / {m} / {c}"
-            for b, m, c in df[["backend", "mode", "cache_type"]].itertuples(index=False)
+            for b, m, c in df[["backend", "mode", "cache_type"]]
+            .drop_duplicates()
+            .itertuples(index=False)
         }
     )
     rows = [
@@ -560,17 +575,19 @@ def _design_effect(value: float) -> str:
 
 
 def _verdicts(df: pd.DataFrame) -> list[str]:
+    # a version's rate reads these: filter them, not every column of a million rows
+    rate_columns = [c for c in df.columns if c in _CYCLE_RATE_INPUTS]
     table = rates_by(df, "version_label", alpha=ALPHA, max_rate=MAX_RATE)
     lines = ["", "## Verdict per version", ""]
     for r in table.itertuples(index=False):
         label = str(r.version_label)
-        part = df[df["version_label"] == r.version_label]
         if "<-" in label:
             importer, exporter = label.split("<-", 1)
             label = f"{importer} importing a cache exported by {exporter}"
         head, _, evidence = str(r.verdict).partition(" (")
         evidence = evidence.rstrip(")")
         if head == "affected":
+            part = df.loc[df["version_label"] == r.version_label, rate_columns]
             lines.append(f"- **{label}**: affected — {cycle_rate(part, alpha=ALPHA).describe()}")
         elif head == "no failure seen":
             lines.append(f"- **{label}**: {head} — {evidence}")

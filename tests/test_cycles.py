@@ -126,6 +126,80 @@ def test_cycle_robust_interval_is_statsmodels_cluster_glm():
     assert r.design_effect == pytest.approx(float(fit.bse.iloc[0]) ** 2 * len(d) * p * (1 - p))
 
 
+def _clustered_tries(rng, cycles: int) -> pd.DataFrame:
+    """Tries of cycles with K in 1..8, three versions, cycle-level random effects."""
+    ks = rng.choice([1, 2, 4, 8], cycles)
+    cycle = np.repeat(np.arange(cycles), ks)
+    position = np.concatenate([np.arange(1, k + 1) for k in ks])
+    version = rng.choice(["v1", "v2", "v3"], cycles)[cycle]
+    effect = rng.normal(0, 1.0, cycles)[cycle]  # failures cluster within a cycle
+    eta = -2 + 0.3 * np.log2(ks[cycle]) + 0.1 * position + effect
+    eta += pd.Series(version).map({"v1": 0.0, "v2": 0.5, "v3": -0.4}).to_numpy()
+    return pd.DataFrame(
+        {
+            "failed": (rng.random(len(cycle)) < 1 / (1 + np.exp(-eta))).astype(int),
+            "log2_k": np.log2(ks[cycle]),
+            "position": position,
+            "version": version,
+            "cycle": cycle,
+        }
+    )
+
+
+def test_fit_on_pattern_counts_equals_the_per_try_cluster_robust_fit():
+    from statsmodels.formula.api import logit
+
+    from repro_lib.stats.cycles import cluster_fit_options, pattern_logit
+
+    d = _clustered_tries(np.random.default_rng(7), 3000)
+    rhs = "log2_k + position + C(version)"
+    groups = d["cycle"].to_numpy()
+    per_try = logit("failed ~ " + rhs, d).fit(disp=0, tol=1e-12, **cluster_fit_options(groups))
+    counts = pattern_logit(rhs, d[["log2_k", "position", "version"]], d["failed"], groups)
+    assert counts.nobs == len(d) and counts.clusters == 3000 and counts.df_inference == 2999
+    assert list(counts.params.index) == list(per_try.params.index)
+    for ours, theirs in [
+        (counts.params, per_try.params),
+        (counts.bse, per_try.bse),
+        (counts.pvalues, per_try.pvalues),
+        (counts.conf_int(0.05), per_try.conf_int(0.05)),
+    ]:
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-8, atol=1e-12)
+    assert counts.llf == pytest.approx(per_try.llf, rel=1e-10)
+    # the cycles matter here: a fit that lost them (model-based errors) would be far off
+    naive = logit("failed ~ " + rhs, d).fit(disp=0, tol=1e-12)
+    assert (counts.bse / naive.bse)[["C(version)[T.v2]", "C(version)[T.v3]"]].min() > 1.2
+
+    # numeric designs (the position models): predicted-rate intervals and a Wald test
+    import statsmodels.api as sm
+
+    exog = np.column_stack([np.ones(len(d)), d["position"] - 1.0, d["log2_k"] == 2])
+    for cycles in (groups, np.arange(len(d))):
+        glm = sm.GLM(d["failed"].astype(float), exog, family=sm.families.Binomial())
+        per_try = glm.fit(tol=1e-12, **cluster_fit_options(cycles))
+        counts = pattern_logit(None, pd.DataFrame(exog), d["failed"], cycles)
+        at = np.array([[1.0, 0.0, 0.0], [1.0, 3.0, 1.0], [1.0, 9.0, 0.0]])
+        np.testing.assert_allclose(
+            counts.predict_interval(at, 0.1),
+            per_try.get_prediction(at).conf_int(alpha=0.1),
+            rtol=1e-8,
+        )
+        contrast = np.array([[0.0, 0.0, 1.0]])
+        assert counts.wald_pvalue(contrast) == pytest.approx(
+            float(per_try.wald_test(contrast, scalar=True).pvalue), rel=1e-8
+        )
+        assert counts.llf == pytest.approx(per_try.llf, rel=1e-10)
+
+    # one try per cycle: nothing to correct, the model-based covariance and normal p-values
+    alone = d.assign(cycle=np.arange(len(d)))
+    per_try = logit("failed ~ " + rhs, alone).fit(disp=0, tol=1e-12)
+    counts = pattern_logit(rhs, alone[["log2_k", "position", "version"]], alone["failed"],
+                           alone["cycle"].to_numpy())  # fmt: skip
+    assert counts.df_inference is None
+    np.testing.assert_allclose(counts.bse, per_try.bse, rtol=1e-8)
+    np.testing.assert_allclose(counts.pvalues, per_try.pvalues, rtol=1e-8, atol=1e-300)
+
+
 def test_zero_failures_count_complete_cycles():
     d = cycle_trials(np.zeros((25, 4), bool), 4)
     r = stats.cycle_rate(d)

@@ -68,5 +68,19 @@ def _check_alpha(alpha: float) -> float:
 def _counted_frame(df: pd.DataFrame) -> pd.DataFrame:
     if not {"counted", "failed"} <= set(df.columns):
         df = derive(df)
+    counted = df["counted"].astype(bool)
+    if counted.all():
+        return df  # selecting every row would copy every column of a million rows
     # .loc with a bool mask: an empty object-dtype mask would select columns instead
-    return df.loc[df["counted"].astype(bool)]
+    return df.loc[counted]
+
+
+#: the columns naming a try's reset cycle (``cycle_groups``) and its outcome
+_CYCLE_KEY = ("run_id", "trial", "since_reset", "cycle", "counted", "failed")
+
+
+def _narrow(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """``df`` with only ``columns`` and the cycle key (those present): an analysis then
+    filters a million rows of a few columns, not of every column the store has."""
+    wanted = {*_CYCLE_KEY, *columns}
+    return df[[c for c in df.columns if c in wanted]]

@@ -84,11 +84,16 @@ def cycle_groups(df: pd.DataFrame) -> np.ndarray:
     ``since_reset``) gets a group of its own, i.e. it is treated as an
     independent try.
     """
-    numbers = cycle_numbers(df).astype("Float64")
+    return _cycle_groups(df, cycle_numbers(df))
+
+
+def _cycle_groups(df: pd.DataFrame, numbers: pd.Series) -> np.ndarray:
+    numbers = numbers.astype("Float64")
     unknown = -np.arange(1, len(df) + 1, dtype=float)  # a cycle of its own, never a real number
     keys = pd.DataFrame(
         {
-            "run": df["run_id"].astype(str).to_numpy() if "run_id" in df.columns else "",
+            # run ids as codes: grouping integers is many times faster than strings
+            "run": pd.factorize(df["run_id"])[0] if "run_id" in df.columns else 0,
             "cycle": numbers.fillna(pd.Series(unknown, index=df.index)).to_numpy(float),
         }
     )
@@ -106,13 +111,17 @@ def complete_cycles(df: pd.DataFrame) -> int:
     d = _counted_frame(df)
     if d.empty:
         return 0
-    groups = cycle_groups(d)
+    numbers = cycle_numbers(d)
+    return _complete_cycles(d, numbers, _cycle_groups(d, numbers))
+
+
+def _complete_cycles(d: pd.DataFrame, numbers: pd.Series, groups: np.ndarray) -> int:
     size = (
         pd.to_numeric(d["reset_freq"], errors="coerce").to_numpy(float)
         if "reset_freq" in d.columns
         else np.full(len(d), np.nan)
     )
-    known = ~cycle_numbers(d).isna().to_numpy()
+    known = ~numbers.isna().to_numpy()
     size = np.where(known & np.isfinite(size), size, 1.0)
     table = pd.DataFrame({"group": groups, "size": size}).groupby("group")
     return int((table.size() == table["size"].max()).sum())
@@ -228,21 +237,262 @@ def cluster_fit_options(groups: np.ndarray) -> dict[str, Any]:
     only; otherwise ``cov_type="cluster"`` with a Student t reference on
     ``G - 1`` df (``use_t=True``).
     """
-    g = len(np.unique(groups))
+    g = len(pd.unique(np.asarray(groups)))
     if g == len(groups) or g < 2:
         return {}
     return {"cov_type": "cluster", "cov_kwds": {"groups": np.asarray(groups)}, "use_t": True}
 
 
-def _cluster_fit(y: np.ndarray, groups: np.ndarray) -> object | None:
-    """Intercept-only binomial GLM with cluster-robust covariance; None if it cannot be fitted."""
-    import statsmodels.api as sm  # imported when used: keeps the CLI's start-up quick
+@dataclass(frozen=True)
+class PatternFit:
+    """A logistic regression fitted on covariate-pattern counts, cycles as clusters.
 
-    model = sm.GLM(y.astype(float), np.ones((len(y), 1)), family=sm.families.Binomial())
+    What ``statsmodels`` gives for the same model fitted try by try (``Logit``
+    or a binomial ``GLM`` with ``cov_type="cluster"``, ``use_t=True``), from a
+    fit on one row per covariate pattern (see ``pattern_logit``). Without
+    clusters to correct for (see ``cluster_fit_options``) the covariance is the
+    model-based one and the reference distribution the normal.
+
+    Attributes
+    ----------
+    params : Series
+        Coefficients (log-odds), named as patsy names the design columns.
+    cov : DataFrame
+        Their covariance: cluster-robust (CR1) or model-based.
+    nobs, clusters : int
+        Tries and clusters.
+    df_inference : float or None
+        Student t degrees of freedom (``clusters - 1``); None: normal.
+    llf : float
+        The log-likelihood of the tries (not of the pattern counts).
+    converged : bool
+    """
+
+    params: pd.Series
+    cov: pd.DataFrame
+    nobs: int
+    clusters: int
+    df_inference: float | None
+    llf: float
+    converged: bool
+
+    @property
+    def bse(self) -> pd.Series:
+        with np.errstate(invalid="ignore"):  # a negative variance (a singular fit) reads NaN
+            return pd.Series(np.sqrt(np.diag(self.cov.to_numpy())), index=self.params.index)
+
+    @property
+    def tvalues(self) -> pd.Series:
+        return self.params / self.bse
+
+    def _reference(self) -> Any:
+        from scipy import stats as sps
+
+        if self.df_inference is None:
+            return sps.norm
+        return sps.t(self.df_inference)
+
+    @property
+    def pvalues(self) -> pd.Series:
+        return pd.Series(2 * self._reference().sf(np.abs(self.tvalues)), index=self.params.index)
+
+    def cov_params(self) -> pd.DataFrame:
+        return self.cov
+
+    def predict_interval(self, exog: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+        """``1 - alpha`` intervals of the failure probability at the rows of ``exog``.
+
+        As statsmodels' GLM ``get_prediction(exog).conf_int(alpha)``: the
+        interval of the linear predictor mapped through the logistic function,
+        with, when cluster-robust, a Student t on the residual degrees of
+        freedom (tries minus coefficients) as statsmodels uses there.
+        """
+        from scipy import stats as sps
+
+        x = np.asarray(exog, dtype=float)
+        beta, cov = self.params.to_numpy()[: x.shape[1]], self.cov.to_numpy()
+        cov = cov[: x.shape[1], : x.shape[1]]
+        eta = x @ beta
+        se = np.sqrt(np.einsum("ij,jk,ik->i", x, cov, x))
+        if self.df_inference is None:
+            q = sps.norm.ppf(1 - alpha / 2)
+        else:
+            q = sps.t.ppf(1 - alpha / 2, self.nobs - len(self.params))
+        return np.column_stack([expit(eta - q * se), expit(eta + q * se)])
+
+    def wald_pvalue(self, contrast: np.ndarray) -> float:
+        """p-value of the Wald test that ``contrast @ params = 0``.
+
+        As statsmodels' ``wald_test(contrast, scalar=True)``: an F test on
+        ``clusters - 1`` denominator df when cluster-robust, chi-square otherwise.
+        """
+        from scipy import stats as sps
+
+        r = np.atleast_2d(np.asarray(contrast, dtype=float))
+        value = r @ self.params.to_numpy()
+        cov = r @ self.cov.to_numpy() @ r.T
+        if np.isnan(cov).any():
+            raise ValueError("the contrast's covariance is not finite")
+        # a singular covariance (a coefficient without variance): the pseudo-inverse and
+        # its rank, as statsmodels does
+        statistic = float(value @ np.linalg.pinv(cov) @ value)
+        q = min(r.shape[0], int(np.linalg.matrix_rank(cov)))
+        if self.df_inference is None:
+            return float(sps.chi2.sf(statistic, q))
+        return float(sps.f.sf(statistic / q, q, self.df_inference))
+
+    def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
+        q = self._reference().ppf(1 - alpha / 2)
+        return pd.DataFrame(
+            {0: self.params - q * self.bse, 1: self.params + q * self.bse},
+            index=self.params.index,
+        )
+
+    def summary(self, title: str, alpha: float = 0.05) -> str:
+        """The coefficient table as statsmodels prints it, under ``title``."""
+        from statsmodels.iolib.summary import summary_params
+
+        conf = self.conf_int(alpha).to_numpy()
+        table = summary_params(
+            (None, self.params.to_numpy(), self.bse.to_numpy(), self.tvalues.to_numpy(),
+             np.asarray(self.pvalues), conf),
+            yname="failed",
+            xname=[str(n) for n in self.params.index],
+            alpha=alpha,
+            use_t=self.df_inference is not None,
+        )  # fmt: skip
+        covariance = (
+            f"cluster-robust, {self.clusters} reset cycles as clusters"
+            if self.df_inference is not None
+            else "model-based"
+        )
+        return (
+            f"{title}\n{self.nobs} tries, log-likelihood {self.llf:.6g}, covariance "
+            f"{covariance}\n{table}"
+        )
+
+
+def pattern_logit(
+    rhs: str | None,
+    covariates: pd.DataFrame,
+    failed: np.ndarray | pd.Series,
+    groups: np.ndarray,
+    *,
+    maxiter: int = 100,
+) -> PatternFit:
+    """Logistic regression of ``failed`` with ``groups`` (cycles) as clusters, fitted on counts.
+
+    A million tries hold a few hundred covariate patterns, so the model is a
+    binomial GLM (statsmodels, logit link) of failures out of tries per
+    pattern: the likelihood, hence the coefficients and the Hessian, are the
+    per-try ones. The cluster-robust covariance needs each cluster's score,
+    ``sum x_i (y_i - p_i)`` over its tries; it is summed from (cluster x
+    pattern) residual totals, so a cycle's tries stay in one cluster, and the
+    sandwich is statsmodels' CR1 with the number of tries, not of patterns,
+    in its small-sample factor (``G/(G-1) * (N-1)/(N-k)``, as in
+    ``statsmodels.stats.sandwich_covariance.cov_cluster``).
+
+    Parameters
+    ----------
+    rhs : str or None
+        Patsy right-hand side over ``covariates``' columns (e.g.
+        ``"log2_reset_freq + C(version_label)"``, intercept added by patsy);
+        None: ``covariates`` are the numeric design columns themselves.
+    covariates : DataFrame
+        One row per try.
+    failed : array of bool or 0/1
+    groups : array
+        The cluster of each try (``cycle_groups``).
+    maxiter : int
+        IRLS iterations.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        A singular design.
+
+    Warns
+    -----
+    ConvergenceWarning
+        IRLS did not converge (statsmodels).
+    PerfectSeparationWarning
+        Every try is predicted exactly (complete separation), as a per-try fit warns.
+    """
+    import statsmodels.api as sm  # imported when used: keeps the CLI's start-up quick
+    from scipy import sparse
+    from scipy.special import xlogy
+    from statsmodels.tools import sm_exceptions as sme
+
+    y = np.asarray(failed, dtype=float)
+    n_obs = len(y)
+    columns = list(covariates.columns)
+    if columns:
+        pattern = covariates.groupby(columns, sort=False, dropna=False).ngroup().to_numpy()
+    else:
+        pattern = np.zeros(n_obs, dtype=np.int64)
+    n_patterns = int(pattern.max()) + 1 if n_obs else 0
+    seen = pd.Series(pattern).drop_duplicates()  # each pattern's first try
+    first = seen.index.to_numpy()[np.argsort(seen.to_numpy())]
+    rows = covariates.iloc[first].reset_index(drop=True)
+    tries = np.bincount(pattern, minlength=n_patterns).astype(float)
+    failures = np.bincount(pattern, weights=y, minlength=n_patterns)
+    if rhs is None:
+        design = rows.astype(float)
+    else:
+        from patsy import dmatrix
+
+        design = dmatrix(rhs, rows, return_type="dataframe")
+    x = design.to_numpy(float)
+    model = sm.GLM(np.column_stack([failures, tries - failures]), x, family=sm.families.Binomial())
+    with warnings.catch_warnings():
+        # with proportions as the response a saturated model fits every pattern's rate
+        # exactly, which statsmodels takes for separation: tested on the tries below
+        warnings.simplefilter("ignore", sme.PerfectSeparationWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = model.fit(maxiter=maxiter, tol=1e-10)
+    params = np.asarray(result.params, dtype=float)
+    p = expit(x @ params)
+    if np.allclose(p[pattern] - y, 0):
+        warnings.warn(
+            "Perfect separation or prediction detected, parameter may not be identified",
+            sme.PerfectSeparationWarning,
+            stacklevel=2,
+        )
+    hessian = x.T @ ((tries * p * (1 - p))[:, None] * x)
+    bread = np.linalg.inv(hessian)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        llf = float(np.sum(xlogy(failures, p) + xlogy(tries - failures, 1 - p)))
+    cluster = pd.factorize(np.asarray(groups), use_na_sentinel=False)[0]
+    n_clusters = int(cluster.max()) + 1 if n_obs else 0
+    names = design.columns
+    if cluster_fit_options(cluster):
+        residual = sparse.csr_matrix(
+            (y - p[pattern], (cluster, pattern)), shape=(n_clusters, n_patterns)
+        )
+        scores = np.asarray(residual @ x)  # one row per cluster: its tries' summed scores
+        k = x.shape[1]
+        correction = n_clusters / (n_clusters - 1) * (n_obs - 1) / (n_obs - k)
+        cov = correction * bread @ (scores.T @ scores) @ bread
+        df_inference: float | None = n_clusters - 1
+    else:
+        cov, df_inference = bread, None
+    return PatternFit(
+        pd.Series(params, index=names),
+        pd.DataFrame(cov, index=names, columns=names),
+        n_obs,
+        n_clusters,
+        df_inference,
+        llf,
+        bool(result.converged),
+    )
+
+
+def _cluster_fit(y: np.ndarray, groups: np.ndarray) -> PatternFit | None:
+    """Intercept-only binomial GLM with cluster-robust covariance; None if it cannot be fitted."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return model.fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+            return pattern_logit(None, pd.DataFrame({"const": np.ones(len(y))}), y, groups)
     except (np.linalg.LinAlgError, ValueError, ZeroDivisionError):
         return None
 
@@ -273,7 +523,7 @@ def clustered_rate(
     y = np.asarray(failed, dtype=float)
     groups = np.asarray(groups)
     k, n = int(y.sum()), len(y)
-    g = len(np.unique(groups)) if n else 0
+    g = len(pd.unique(groups)) if n else 0
     complete = g if complete is None else int(complete)
     naive = failure_rate(k, n, method=method, alpha=alpha)
 
@@ -356,10 +606,12 @@ def cycle_rate(
     (2, 8, 4, 4)
     """
     d = _counted_frame(df)
+    numbers = cycle_numbers(d)
+    groups = _cycle_groups(d, numbers)
     return clustered_rate(
         d["failed"].to_numpy(bool),
-        cycle_groups(d),
-        complete=complete_cycles(d),
+        groups,
+        complete=_complete_cycles(d, numbers, groups) if len(d) else 0,
         method=method,
         alpha=alpha,
     )

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._common import _check_alpha, _confidence, _counted_frame, p_text
-from .cycles import cluster_fit_options, cycle_groups, cycle_numbers
+from ._common import _check_alpha, _confidence, _counted_frame, _narrow, p_text
+from .cycles import cycle_groups, cycle_numbers, pattern_logit
 
 _DEPENDENCE_COLUMNS = ["comparison", "odds_ratio", "ci_low", "ci_high", "pvalue", "tries", "cycles"]
 
@@ -190,9 +190,6 @@ def _informative(d: pd.DataFrame) -> pd.DataFrame:
 
 
 def _effect(d: pd.DataFrame, exposure: str, comparison: str, alpha: float) -> DependenceEffect:
-    import statsmodels.api as sm  # imported when used: keeps the CLI's start-up quick
-    from statsmodels.formula.api import glm
-
     d = _informative(d[d[exposure].notna()])
     groups = d["_group"].to_numpy()
     exposed = int(d[exposure].sum()) if len(d) else 0
@@ -222,16 +219,14 @@ def _effect(d: pd.DataFrame, exposure: str, comparison: str, alpha: float) -> De
         )
     if adjust and d[adjust].nunique() > 1:
         terms.append(f"C({adjust})")
-    formula = "_failed ~ " + " + ".join(terms)
-    data = d[["_failed", exposure, "_position", "_run", "_config"]].astype(
-        {"_failed": int, exposure: float, "_position": int, "_run": str, "_config": str}
+    covariates = d[[exposure, "_position", "_run", "_config"]].astype(
+        {exposure: float, "_position": int, "_run": str, "_config": str}
     )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit = glm(formula, data, family=sm.families.Binomial()).fit(
-                **cluster_fit_options(groups)
-            )
+            # on covariate-pattern counts: the per-try binomial GLM's estimates, cycle-robust
+            fit = pattern_logit(" + ".join(terms), covariates, d["_failed"].to_numpy(), groups)
     except (np.linalg.LinAlgError, ValueError) as error:
         return missing(f"the fit failed ({error})")
     coef, se = float(fit.params[exposure]), float(fit.bse[exposure])
@@ -273,7 +268,7 @@ def failure_clustering(df: pd.DataFrame, *, alpha: float = 0.05) -> FailureClust
         layer or no cycle holds more than one try.
     """
     alpha = _check_alpha(alpha)
-    d = _counted_frame(df)
+    d = _narrow(_counted_frame(df), "configuration")
     if d.empty or "since_reset" not in d.columns:
         return FailureClustering(None, None, alpha, "no counted try with a position since reset")
     d = d[d["since_reset"].notna()]

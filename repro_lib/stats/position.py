@@ -25,25 +25,24 @@ from scipy import stats as _sps
 from scipy.special import expit
 
 from ..frames import version_key
-from ._common import _check_alpha, _confidence, _counted_frame, format_pct, p_text
-from .cycles import cluster_fit_options, clustered_rate, cycle_groups
+from ._common import _check_alpha, _confidence, _counted_frame, _narrow, format_pct, p_text
+from .cycles import PatternFit, clustered_rate, cycle_groups, pattern_logit
 from .rates import failure_rate
 
 
-def _fit_logit(y: np.ndarray, exog: np.ndarray, groups: np.ndarray) -> Any | None:
+def _fit_logit(y: np.ndarray, exog: np.ndarray, groups: np.ndarray) -> PatternFit | None:
     """Binomial GLM (logit link) with cycles as clusters; None when it fails or diverges.
 
     The cluster-robust covariance changes the standard errors only: the
-    coefficients and ``llf`` are the maximum-likelihood ones.
+    coefficients and ``llf`` are the maximum-likelihood ones. Fitted on
+    covariate-pattern counts (``pattern_logit``): the per-try fit's numbers.
     """
-    import statsmodels.api as sm  # imported when used: keeps the CLI's start-up quick
     from statsmodels.tools import sm_exceptions as sme
 
-    model = sm.GLM(y.astype(float), exog, family=sm.families.Binomial())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = model.fit(**cluster_fit_options(groups))
+            res = pattern_logit(None, pd.DataFrame(exog), y, groups)
     except (sme.PerfectSeparationError, np.linalg.LinAlgError, ValueError, ZeroDivisionError):
         return None
     params = np.asarray(res.params, dtype=float)
@@ -205,7 +204,7 @@ def hazard_trend_test(df: pd.DataFrame, *, start: int = 2, alpha: float = 0.05) 
     (3.452, 1)
     """
     alpha = _check_alpha(alpha)
-    d = _counted_frame(df)
+    d = _narrow(_counted_frame(df), "version_label")
     out: list[TrendTest] = []
     if d.empty:
         return out
@@ -390,7 +389,7 @@ class HazardModel:
             if self.fit is not None:
                 x = p[later] - 2
                 exog = np.column_stack([np.ones_like(x), x])[:, : len(self.params)]
-                ends = np.asarray(self.fit.get_prediction(exog).conf_int(alpha=self.alpha))
+                ends = self.fit.predict_interval(exog, alpha=self.alpha)
                 low[later], high[later] = ends[:, 0], ends[:, 1]
             else:
                 low[later], high[later] = self.later_interval
@@ -451,7 +450,7 @@ class HazardModel:
 
 
 def _version_frame(df: pd.DataFrame, version: str | None) -> tuple[pd.DataFrame, str | None]:
-    d = _counted_frame(df)
+    d = _narrow(_counted_frame(df), "version_label", "reset_freq")
     if version is None:
         labels = d["version_label"].dropna().unique()
         if len(labels) > 1:
@@ -693,10 +692,7 @@ def _k_effect_test(d: pd.DataFrame) -> tuple[float, int, float, float, str]:
     stat = max(0.0, 2 * (float(full.llf) - float(null.llf)))
     contrast = np.zeros((dof, 2 + dof))
     contrast[:, 2:] = np.eye(dof)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        wald = full.wald_test(contrast, scalar=True)
-    return stat, dof, float(_sps.chi2.sf(stat, dof)), float(wald.pvalue), ""
+    return stat, dof, float(_sps.chi2.sf(stat, dof)), full.wald_pvalue(contrast), ""
 
 
 def k_curve_fit(
