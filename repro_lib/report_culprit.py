@@ -16,6 +16,7 @@ independent reset cycles), which the section says.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -295,7 +296,9 @@ def plot_posterior(record: SearchRecord) -> Figure:
     ax.set_xlim(-0.6, len(candidates) - 0.4)
     ax.set_xlabel(f"{noun}s in list order (good {record.good}, bad {record.bad})")
     ax.set_ylabel(f"posterior: the first {noun} that {record.direction} it")
-    ax.set_title(f"{title}\n{record.statement()}", fontsize=10)
+    # the statement is long (a commit subject): wrapped to the figure, not cut at its edges
+    statement = textwrap.fill(record.statement(), width=int(width * 11))
+    fig.suptitle(f"{title}\n{statement}", fontsize=10)
     named = "culprit" if record.status == "confident" else "most probable so far"
     handles = [
         Patch(facecolor=highlight, label=named),
