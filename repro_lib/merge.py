@@ -12,6 +12,15 @@ Every table is copied: ``runs``, ``trials``, ``sweeps`` and any other (e.g.
 ``batches``) generically by its primary key, unique constraint or whole row,
 with columns OUT lacks added to it. A ``provenance`` table records, for every
 run, which file it came from and the host facts its trials carry.
+
+A culprit search (``culprit_searches``, ``culprit``, ``culprit_probes``) may be
+in several stores at different stages: a killed search in one, the same search
+resumed in a copy of it. Its probes are only ever added, so they merge as a
+union keyed by ``(search_id, probe)``, and a probe recorded twice must agree on
+everything but when it was written. Its settings, status and candidates are
+rewritten after every probe, so they come whole from the copy that got furthest
+(the most probes, then the latest update); the copies must agree on what was
+searched (the range, direction, settings and candidate list).
 """
 
 from __future__ import annotations
@@ -55,6 +64,20 @@ KEYS: dict[str, tuple[str, ...]] = {
 #: runs columns that change while a run progresses (a killed run resumed later);
 #: every other column identifies the run and must agree between stores
 RUN_PROGRESS = ("status", "finished_at", "summary")
+#: the culprit tables whose rows a search rewrites as it goes (one copy of them is kept)
+SEARCH_TABLES = ("culprit_searches", "culprit")
+#: culprit_searches columns that change while a search progresses
+SEARCH_PROGRESS = ("started_at", "updated_at", "status")
+#: culprit columns that change while a search builds and probes its candidates
+CANDIDATE_PROGRESS = (
+    "build",
+    "image",
+    "build_log",
+    "cycles",
+    "failing_cycles",
+    "tries",
+    "posterior",
+)
 _UNFINISHED = ("failed", "interrupted", "running")  # worst first, for a merged sweep status
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -99,6 +122,17 @@ class MergeResult:
         return sum(s.trials_added for s in self.sources)
 
 
+@dataclass
+class _SearchCopy:
+    """One store's copy of a culprit search: its row, its candidates, how far it got."""
+
+    label: str
+    search: dict[str, Any]
+    candidates: dict[Any, dict[str, Any]]  # position -> row
+    probes: int
+    result: SourceResult | None  # None for OUT's own copy
+
+
 def merge_stores(out: str | Path, sources: Sequence[str | Path]) -> MergeResult:
     """Copy every row of ``sources`` that ``out`` lacks into ``out``.
 
@@ -118,6 +152,7 @@ def merge_stores(out: str | Path, sources: Sequence[str | Path]) -> MergeResult:
     base = _read(out, str(out)) if out.exists() else _Source(str(out), out, {})
     plan = _Plan(base)
     results = [plan.add(src) for src in inputs]
+    plan.settle_searches()
     plan.check_plans()
     plan.write(out)
     return MergeResult(out, results)
@@ -247,6 +282,8 @@ class _Plan:
         self.keys = {n: t.key for n, t in base.tables.items()}
         self.new: dict[str, list[dict[str, Any]]] = {}
         self.updates: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+        self.searches: dict[Any, list[_SearchCopy]] = {}
+        self._collect_searches(base, None)
 
     def add(self, src: _Source) -> SourceResult:
         result = SourceResult(src.label)
@@ -258,6 +295,8 @@ class _Plan:
                 self.keys[name] = table.key
             for column, sql_type in table.columns.items():
                 self.columns[name].setdefault(column, sql_type)
+            if name in SEARCH_TABLES:
+                continue  # one copy of each search is kept: settle_searches picks it
             before = len(self.new.get(name, []))
             for row in table.rows:
                 present = self._add_row(name, row, src)
@@ -266,6 +305,7 @@ class _Plan:
                     result.trials_present += present
             result.rows_added[name] = len(self.new.get(name, [])) - before
         result.runs = self._provenance(src)
+        self._collect_searches(src, result)
         return result
 
     def _add_row(self, name: str, row: dict[str, Any], src: _Source) -> bool:
@@ -283,6 +323,15 @@ class _Plan:
             self._merge_sweep(key, where, old, src.label, row)
         elif name == "provenance":
             pass  # the first record of where a run came from stands
+        elif name == "culprit_probes":
+            differ = _differences(old, row, skip=("recorded_at",))
+            if differ:
+                shown = ", ".join(f"{c} {old[c]!r} vs {row[c]!r}" for c in differ[:2])
+                raise MergeConflict(
+                    f"{where} and {src.label} both hold probe {row.get('probe')} of culprit "
+                    f"search {row.get('search_id')} with different content ({shown})",
+                    hint="they are different searches under one id: merge only one of them",
+                )
         else:
             differ = _differences(old, row)
             if differ:
@@ -391,6 +440,75 @@ class _Plan:
                 self.rows["provenance"][key] = (src.label, row)
                 self.new.setdefault("provenance", []).append(row)
         return len(runs)
+
+    def _collect_searches(self, src: _Source, result: SourceResult | None) -> None:
+        if "culprit_searches" not in src.tables:
+            return  # a store from before culprit searches
+        empty = _Table("", "", {}, (), [])
+        candidates: dict[Any, dict[Any, dict[str, Any]]] = {}
+        for row in src.tables.get("culprit", empty).rows:
+            candidates.setdefault(row["search_id"], {})[row["position"]] = row
+        probes: dict[Any, int] = {}
+        for row in src.tables.get("culprit_probes", empty).rows:
+            probes[row["search_id"]] = probes.get(row["search_id"], 0) + 1
+        for row in src.tables["culprit_searches"].rows:
+            sid = row["search_id"]
+            copy = _SearchCopy(src.label, row, candidates.get(sid, {}), probes.get(sid, 0), result)
+            self.searches.setdefault(sid, []).append(copy)
+
+    def settle_searches(self) -> None:
+        """Keep each culprit search's row and candidates from the copy that got furthest
+        (its probes were merged row by row); copies of one search that searched
+        different things are refused."""
+        for sid, copies in self.searches.items():
+            first = copies[0]
+            for other in copies[1:]:
+                self._check_same_search(sid, first, other)
+            furthest = max(copies, key=lambda c: (c.probes, c.search.get("updated_at") or ""))
+            search = dict(furthest.search)
+            search["started_at"] = min(c.search["started_at"] for c in copies)
+            self._keep("culprit_searches", search, furthest)
+            for row in furthest.candidates.values():
+                self._keep("culprit", row, furthest)
+
+    def _check_same_search(self, sid: Any, first: _SearchCopy, other: _SearchCopy) -> None:
+        hint = "they are different searches under one id: merge only one of them"
+        differ = [
+            c
+            for c in _differences(first.search, other.search, skip=SEARCH_PROGRESS)
+            if first.search[c] is not None and other.search[c] is not None
+        ]
+        if differ:
+            raise MergeConflict(
+                f"{first.label} and {other.label} both hold culprit search {sid} "
+                f"with different {', '.join(differ)}",
+                hint=hint,
+            )
+        if first.candidates.keys() != other.candidates.keys():
+            raise MergeConflict(
+                f"{first.label} and {other.label} both hold culprit search {sid} with "
+                f"{len(first.candidates)} and {len(other.candidates)} candidates",
+                hint=hint,
+            )
+        for position, row in first.candidates.items():
+            differ = _differences(row, other.candidates[position], skip=CANDIDATE_PROGRESS)
+            if differ:
+                raise MergeConflict(
+                    f"{first.label} and {other.label} both hold culprit search {sid} with "
+                    f"candidate {position} different ({', '.join(differ)})",
+                    hint=hint,
+                )
+
+    def _keep(self, name: str, row: dict[str, Any], copy: _SearchCopy) -> None:
+        key = tuple(row.get(c) for c in self.keys[name])
+        seen = self.rows[name].get(key)
+        if seen is None:
+            self.rows[name][key] = (copy.label, row)
+            self.new.setdefault(name, []).append(row)
+            if copy.result is not None:
+                copy.result.rows_added[name] = copy.result.rows_added.get(name, 0) + 1
+        else:
+            self._replace(name, key, seen[0], seen[1], row)
 
     def check_plans(self) -> None:
         """Every run of one sweep must carry one plan digest (its shards ran one plan)."""
