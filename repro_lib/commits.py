@@ -32,6 +32,7 @@ import docker
 import docker.errors
 
 from .errors import MissingRequirement, UsageError
+from .lab import pid_alive
 
 #: placeholders a build hook may use; ``{image}`` is required
 PLACEHOLDERS = ("{commit}", "{short}", "{image}")
@@ -170,16 +171,6 @@ def image_exists(client: docker.DockerClient, image: str) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_worktrees(repo: Path) -> list[str]:
     """Remove this repository's build worktrees whose owner process is gone (a kill)."""
     removed = []
@@ -189,7 +180,7 @@ def remove_stale_worktrees(repo: Path) -> list[str]:
             continue
         path = Path(line.removeprefix("worktree "))
         match = re.match(rf"{re.escape(WORKTREE_PREFIX)}(\d+)-", path.parent.name)
-        if match and not _pid_alive(int(match[1])):
+        if match and not pid_alive(int(match[1])):
             _git(repo, "worktree", "remove", "--force", str(path), check=False)
             shutil.rmtree(path.parent, ignore_errors=True)
             removed.append(str(path))

@@ -30,7 +30,15 @@ from .engine import (
 from .images import docker_hub_path, ensure_image, push_image, seed_mirror, split_tag
 from .net import free_port, port_is_free, wait_until
 from .registry import DEFAULT_REGISTRY_IMAGE, Registry
-from .runs import host_name, label_filter, labels, new_run_id, owner_alive, role_labels
+from .runs import (
+    host_name,
+    label_filter,
+    labels,
+    new_run_id,
+    owner_alive,
+    pid_alive,
+    role_labels,
+)
 from .state import StateVolume
 
 __all__ = [
@@ -62,6 +70,7 @@ __all__ = [
     "leftovers",
     "new_run_id",
     "owner_alive",
+    "pid_alive",
     "port_is_free",
     "push_image",
     "role_labels",

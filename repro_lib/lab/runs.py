@@ -68,8 +68,11 @@ def owner_alive(obj_labels: dict[str, str]) -> bool:
         pid = int(obj_labels.get(OWNER_PID_LABEL, ""))
     except ValueError:
         return False
-    if pid == os.getpid():
-        return True
+    return pid == os.getpid() or pid_alive(pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
