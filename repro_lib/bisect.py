@@ -1,12 +1,11 @@
 """Finding where a flaky failure starts (or stops) in an ordered list of candidates.
 
-Two searches live here. :func:`bisect_versions` is a deflaked binary search over
-released versions: each probe is an early-stopping sweep cell that runs until its
-verdict is decisive. :func:`run_search` is the Bayesian culprit search
-(:mod:`repro_lib.culprit`) over commits: every probe is one sweep cell of a fixed
-number of reset cycles of the commit's image (built by the user's hook,
-:mod:`repro_lib.commits`), every cycle of every probe feeds the posterior, and
-the search stops at a stated posterior or when its tries are spent.
+:func:`run_search` is the Bayesian culprit search (:mod:`repro_lib.culprit`) over
+commits (each built by the user's hook, :mod:`repro_lib.commits`) or released
+versions (their images as a sweep runs them): every probe is one sweep cell of a
+fixed number of reset cycles of the candidate's image, every cycle of every probe
+feeds the posterior, and the search stops at a stated posterior or when its tries
+are spent.
 """
 
 from __future__ import annotations
@@ -31,101 +30,15 @@ from .culprit import (
     expected_information,
 )
 from .errors import InfraError, UsageError
-from .plan import Plan, validate_plan
+from .plan import Plan, resolve_version, validate_plan
 from .records import Outcome, TrialRecord
 from .store import Store
 from .sweep import run_sweep
 
-
-@dataclass
-class Probe:
-    version: str
-    affected: bool | None  # None: inconclusive within the try budget
-    failures: int
-    tries: int
-    statement: str
-
-
-@dataclass
-class BisectResult:
-    boundary: tuple[str, str] | None  # (last of one kind, first of the other) in list order
-    first_affected: str | None
-    probes: list[Probe]
-    sweep_ids: list[str]
-
-
-def bisect_versions(
-    versions: list[str],
-    good: str,
-    bad: str,
-    probe: Callable[[str], Probe],
-) -> BisectResult:
-    """Binary search for the boundary between ``good`` and ``bad`` in an ordered list.
-
-    ``probe(version)`` runs trials until its verdict is decisive (early stopping)
-    and says whether the version is affected. ``first_affected`` is the affected
-    version next to the boundary.
-
-    Raises:
-        UsageError: good/bad not in the list, equal, or a probe stays inconclusive.
-    """
-    if good not in versions or bad not in versions:
-        raise UsageError("--good and --bad must both be in --versions")
-    if good == bad:
-        raise UsageError("--good and --bad must differ")
-    lo, hi = versions.index(good), versions.index(bad)
-    step = 1 if hi > lo else -1
-    probes: list[Probe] = []
-    # invariant: versions[lo] behaves like good, versions[hi] like bad
-    while abs(hi - lo) > 1:
-        mid = (lo + hi) // 2 if step == 1 else (lo + hi + 1) // 2
-        result = probe(versions[mid])
-        probes.append(result)
-        if result.affected is None:
-            raise UsageError(
-                f"probe of {versions[mid]} stayed inconclusive: {result.statement}",
-                hint="raise --tries or --max-rate",
-            )
-        if result.affected:
-            hi = mid
-        else:
-            lo = mid
-    pair = (versions[lo], versions[hi]) if step == 1 else (versions[hi], versions[lo])
-    return BisectResult(boundary=pair, first_affected=versions[hi], probes=probes, sweep_ids=[])
-
-
-def probe_with_sweep(
-    client: docker.DockerClient,
-    base: Plan,
-    *,
-    store_path: str | Path | None,
-    paths: Paths | None,
-    progress: bool,
-    sweep_ids: list[str],
-) -> Callable[[str], Probe]:
-    """A probe that runs one early-stopping cell of ``base`` for a version."""
-
-    def probe(version: str) -> Probe:
-        plan = Plan(**{**asdict(base), "versions": [version], "until_confident": True, "lanes": 1})
-        outcome = run_sweep(client, plan, store_path=store_path, paths=paths, progress=progress)
-        sweep_ids.append(outcome.sweep_id)
-        (cell,) = outcome.cells
-        counted = cell.tries - cell.build_errors - cell.infra_errors
-        if cell.failures:
-            affected: bool | None = True
-        elif cell.verdict.startswith("no failure seen"):
-            # stats.verdict: the bound counts complete reset cycles (CLEAN_BOUND_ASSUMES)
-            affected = False
-        else:
-            affected = None
-        return Probe(version, affected, cell.failures, counted, cell.verdict)
-
-    return probe
-
-
-# culprit search over commits ---------------------------------------------------
+# the culprit search ------------------------------------------------------------
 #
-# The search (culprit.CulpritSearch) runs over the candidates that can be probed:
+# The search (culprit.CulpritSearch) runs over the candidates that can be probed
+# (every released version; a commit once its image is built):
 # an unbuildable commit is left out of the model, like `git bisect skip`, so it is
 # never probed, never good and never bad, and holds no posterior. Every probe is
 # one sweep cell of the candidate's image with a fixed number of reset cycles; its
@@ -348,28 +261,34 @@ def _recorded_trials(store_path: Path, sweep_id: str) -> list[TrialRecord]:
 
 @dataclass
 class SearchSetup:
-    """Where and how a commit search runs its builds and probes."""
+    """Where and how a culprit search runs its builds and probes."""
 
     client: docker.DockerClient
     plan: Plan  # the base plan of every probe (backend, batch options, reset_freq)
     cycles_per_probe: int
-    build: str  # the build hook
+    build: str | None  # the build hook of a commit search (versions need none)
     store_path: Path
     paths: Paths
     cluster: str | None = None
     command: str = ""
     progress: bool = True
 
-    def settings(self, all_commits: bool) -> dict:
+    def settings(self, **extra: object) -> dict:
         return {
             "plan": self.plan.as_dict(),
             "build": self.build,
             "cycles_per_probe": self.cycles_per_probe,
-            "all_commits": all_commits,
             "command": self.command,
+            **extra,
         }
 
-    def prepare(self, search_id: str, repo: Path) -> Callable[[CandidateRow], CandidateRow]:
+    def prepare(self, record: SearchRecord) -> Callable[[CandidateRow], CandidateRow]:
+        """Makes a commit's image with the hook when needed; a released version's image
+        is run as it is (a sweep pulls it, or refuses one that is missing offline)."""
+        if record.kind == "versions":
+            return lambda candidate: candidate
+        search_id, repo = record.search_id, Path(record.repo or ".")
+
         def prepare(candidate: CandidateRow) -> CandidateRow:
             if candidate.build == "unbuildable":
                 return candidate
@@ -380,7 +299,7 @@ class SearchSetup:
                 self.client,
                 repo,
                 commits.Commit(candidate.ref, candidate.short, candidate.subject),
-                self.build,
+                self.build or "",
                 log,
                 timeout=self.plan.batch.get("build_timeout"),
             )
@@ -451,6 +370,107 @@ def commit_range(
     return CommitRange(top, good, bad, direction, all_commits, listed)
 
 
+@dataclass(frozen=True)
+class VersionRange:
+    """The checked candidates of a version search."""
+
+    good: str
+    bad: str
+    direction: Direction  # "fixed" when --bad comes first in the list
+    versions: list[str]  # in list order: after the earlier anchor, up to the later one
+
+
+def version_range(versions: list[str], good: str, bad: str) -> VersionRange:
+    """The versions strictly after the earlier of ``good``/``bad`` in ``versions`` up to
+    and including the later one.
+
+    The direction follows the list: ``good`` first looks for the first affected
+    version (``"broke"``); ``bad`` first, for the first version without the bug
+    (``"fixed"``), whichever way the list is sorted.
+
+    Raises:
+        UsageError: good or bad not in the list, equal, or a version listed twice.
+    """
+    if good not in versions or bad not in versions:
+        missing = good if good not in versions else bad
+        raise UsageError(
+            f"{'--good' if missing == good else '--bad'} {missing!r} is not in --versions",
+            hint="--good and --bad must both be in --versions",
+        )
+    if good == bad:
+        raise UsageError("--good and --bad must differ")
+    twice = sorted({v for v in versions if versions.count(v) > 1})
+    if twice:
+        raise UsageError(f"version {twice[0]} is in --versions more than once")
+    i_good, i_bad = versions.index(good), versions.index(bad)
+    lo, hi = sorted((i_good, i_bad))
+    return VersionRange(
+        good, bad, "broke" if i_good < i_bad else "fixed", versions[lo + 1 : hi + 1]
+    )
+
+
+def version_image(version: str, backend: str) -> str:
+    """The image a sweep cell of ``version`` runs (as ``Plan.cells`` resolves it)."""
+    return resolve_version(version) if backend == "container" else version
+
+
+def version_record(
+    candidates: VersionRange,
+    *,
+    search_id: str,
+    backend: str,
+    tries_per_cycle: int,
+    confidence: float = 0.95,
+    max_tries: int = 2000,
+) -> SearchRecord:
+    """A new search over released versions: nothing to build, each its own image."""
+    return restate(
+        SearchRecord(
+            search_id=search_id,
+            kind="versions",
+            repo=None,
+            good=candidates.good,
+            bad=candidates.bad,
+            direction=candidates.direction,
+            confidence=confidence,
+            max_tries=max_tries,
+            tries_per_cycle=tries_per_cycle,
+            status="running",
+            candidates=tuple(
+                CandidateRow(i, v, v, "", "released", version_image(v, backend), None, 0, 0, 0, 0.0)
+                for i, v in enumerate(candidates.versions)
+            ),
+            probes=(),
+        )
+    )
+
+
+def _check_new_id(setup: SearchSetup, search_id: str | None) -> str:
+    search_id = search_id or new_search_id()
+    with Store(setup.store_path) as store:
+        if store.searches(search_id):
+            raise UsageError(
+                f"search {search_id} is already in {setup.store_path}",
+                hint=f"repro-lib bisect --resume {search_id} continues it; or pass a new id",
+            )
+    return search_id
+
+
+def _start(
+    setup: SearchSetup, record: SearchRecord, settings: dict, intro: str, say: Callable[[str], None]
+) -> SearchRecord:
+    with Store(setup.store_path) as store:
+        store.save_search(record, settings)
+    first, last = record.candidates[0], record.candidates[-1]
+    noun = "commit" if record.kind == "commits" else "version"
+    say(
+        f"search {record.search_id}: {len(record.candidates)} {noun}s {first.short}..{last.short}"
+        f"{intro}, looking for the {noun} that {record.direction} it; resume with: "
+        f"repro-lib bisect --resume {record.search_id}"
+    )
+    return _drive(setup, record, say=say)
+
+
 def start_commit_search(
     setup: SearchSetup,
     candidates: CommitRange,
@@ -465,13 +485,7 @@ def start_commit_search(
     Raises:
         UsageError: ``search_id`` is taken in the store.
     """
-    search_id = search_id or new_search_id()
-    with Store(setup.store_path) as store:
-        if store.searches(search_id):
-            raise UsageError(
-                f"search {search_id} is already in {setup.store_path}",
-                hint=f"repro-lib bisect --resume {search_id} continues it; or pass a new id",
-            )
+    search_id = _check_new_id(setup, search_id)
     commits.remove_stale_worktrees(candidates.repo)
     record = SearchRecord(
         search_id=search_id,
@@ -490,20 +504,44 @@ def start_commit_search(
         ),
         probes=(),
     )
-    record = restate(record)
-    with Store(setup.store_path) as store:
-        store.save_search(record, setup.settings(candidates.all_commits))
-    first, last = record.candidates[0], record.candidates[-1]
-    say(
-        f"search {record.search_id}: {len(record.candidates)} commits {first.short}..{last.short} "
-        f"({'every commit' if candidates.all_commits else 'first parent'}), looking for the "
-        f"commit that {candidates.direction} it; resume with: "
-        f"repro-lib bisect --resume {record.search_id}"
+    intro = f" ({'every commit' if candidates.all_commits else 'first parent'})"
+    settings = setup.settings(all_commits=candidates.all_commits)
+    return _start(setup, restate(record), settings, intro, say)
+
+
+def start_version_search(
+    setup: SearchSetup,
+    candidates: VersionRange,
+    *,
+    confidence: float = 0.95,
+    max_tries: int = 2000,
+    say: Callable[[str], None] = print,
+    search_id: str | None = None,
+) -> SearchRecord:
+    """Record a new search over released versions and run it to the end.
+
+    Raises:
+        UsageError: ``search_id`` is taken in the store.
+    """
+    record = version_record(
+        candidates,
+        search_id=_check_new_id(setup, search_id),
+        backend=setup.plan.backend,
+        tries_per_cycle=setup.plan.reset_freq[0],
+        confidence=confidence,
+        max_tries=max_tries,
     )
-    return _drive(setup, record, candidates.repo, say=say)
+    settings = setup.settings(versions=candidates.versions)
+    return _start(
+        setup,
+        record,
+        settings,
+        f" (after {candidates.good if candidates.direction == 'broke' else candidates.bad})",
+        say,
+    )
 
 
-def resume_commit_search(
+def resume_search(
     search_id: str,
     *,
     client: docker.DockerClient,
@@ -534,7 +572,7 @@ def resume_commit_search(
         client=client,
         plan=_plan_from(settings["plan"]),
         cycles_per_probe=int(settings["cycles_per_probe"]),
-        build=settings["build"],
+        build=settings.get("build"),
         store_path=Path(store_path),
         paths=paths,
         cluster=cluster,
@@ -561,15 +599,14 @@ def resume_commit_search(
         + (f"; finishing probe {len(probes) + 1} of {record.candidates[pending].short}"
            if pending is not None else "")
     )  # fmt: skip
-    repo = Path(record.repo or ".")
-    commits.remove_stale_worktrees(repo)
-    return _drive(setup, record, repo, say=say, pending=pending)
+    if record.kind == "commits":
+        commits.remove_stale_worktrees(Path(record.repo or "."))
+    return _drive(setup, record, say=say, pending=pending)
 
 
 def _drive(
     setup: SearchSetup,
     record: SearchRecord,
-    repo: Path,
     *,
     say: Callable[[str], None],
     pending: int | None = None,
@@ -580,7 +617,7 @@ def _drive(
 
     return run_search(
         record,
-        prepare=setup.prepare(record.search_id, repo),
+        prepare=setup.prepare(record),
         probe=setup.probe,
         save=save,
         say=say,

@@ -380,6 +380,14 @@ class SearchRecord:
     def best(self) -> CandidateRow:
         return max(self.candidates, key=lambda c: (c.posterior, -c.position))
 
+    def boundary(self) -> tuple[str, str]:
+        """(the candidate before the best one, the best one), in list order; before the
+        first candidate stands the range's older end (``good`` when it broke,
+        ``bad`` when it fixed)."""
+        top = self.best
+        end = self.good if self.direction == "broke" else self.bad
+        return (self.candidates[top.position - 1].ref if top.position else end), top.ref
+
     def statement(self) -> str:
         """``culprit: <short> "<subject>" (posterior 0.97; 412 tries over 5 probes)``."""
         top = self.best

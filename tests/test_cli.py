@@ -229,6 +229,69 @@ def test_sweep_bad_input_is_one_line_and_exit_2(case, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+VERSIONS = ["--versions", "v0,v1,v2", "--good", "v0", "--bad", "v2"]
+
+BISECT_VERSION_BAD_INPUTS = [
+    ("good-not-listed", ["--good", "v9"], r"--good 'v9' is not in --versions"),
+    ("good-equals-bad", ["--good", "v2"], r"--good and --bad must differ"),
+    ("no-bad", ["--bad", None], r"--versions needs --good and --bad"),
+    ("listed-twice", ["--versions", "v0,v1,v1,v2"], r"more than once"),
+    ("direction", ["--direction", "fixed"], r"--direction applies to commit mode"),
+    ("tries-and-cycles", ["--tries", "8", "--cycles-per-probe", "2"], r"both size a probe"),
+    ("neither-mode", ["--versions", None], r"needs --versions .* or --repo"),
+    (
+        "resume-with-tries",
+        ["--versions", None, "--good", None, "--bad", None, "--resume", "v-1", "--tries", "8"],
+        r"--resume takes.*--tries cannot",
+    ),
+]
+
+
+def _bisect_args(changes: list[str | None]) -> list[str]:
+    args = dict(zip(VERSIONS[::2], VERSIONS[1::2], strict=True))
+    args.update(zip(changes[::2], changes[1::2], strict=True))
+    return [a for name, value in args.items() if value is not None for a in (name, value)]
+
+
+@pytest.mark.parametrize(
+    "case", BISECT_VERSION_BAD_INPUTS, ids=[c[0] for c in BISECT_VERSION_BAD_INPUTS]
+)
+def test_bisect_version_bad_input_is_one_line_and_exit_2(case, tmp_path):
+    _, changes, pattern = case
+    # an engine that is not there: every check comes before any engine contact
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    argv = _bisect_args(changes)
+    proc = run_cli("bisect", *argv, *ENGINE_ARGS, home=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("repro-lib: error:"), proc.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+    assert not (tmp_path / "data").exists()
+
+
+def test_bisect_versions_keeps_the_old_probe_options_with_a_warning(tmp_path):
+    # --tries sized a deflaked probe: now whole reset cycles per probe; --max-rate has
+    # no part in the search. Both warn and go on (to the missing engine here).
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    old = ["--tries", "10", "--reset-freq", "4", "--max-rate", "0.25"]
+    proc = run_cli("bisect", *VERSIONS, *old, *ENGINE_ARGS, home=tmp_path, env=env, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 3, proc.stderr
+    assert "--tries 10 is taken as --cycles-per-probe 3 (12 tries" in lines[0]
+    assert lines[1].startswith("repro-lib: warning: --max-rate is ignored")
+    assert lines[2].startswith("repro-lib: error:") and "--tries" not in lines[2]
+    assert not (tmp_path / "data").exists()
+
+
+def test_bisect_help_explains_both_modes_and_the_list_direction():
+    proc = run_cli("bisect", "--help", home=__import__("pathlib").Path("/tmp"))
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "Version mode (--versions)" in text and "Commit mode (--repo)" in text
+    assert "When --bad comes first in the list the search looks for the first version" in text
+    assert "--tries" in text and "deprecated" in text
+
+
 def test_sweep_with_an_absent_version_offline(docker_client, fixture_images, lab_home):
     proc = run_cli("sweep", *CONTAINER_ARGS, "--versions", "v0.0.1", home=lab_home)
     assert proc.returncode == 2

@@ -12,10 +12,11 @@ import time
 import pytest
 
 from repro_lib import lab
-from repro_lib.bisect import Probe, bisect_versions
+from repro_lib.bisect import run_search, version_range, version_record
 from repro_lib.errors import InfraError, MissingRequirement, UsageError
 from repro_lib.plan import Plan, load_plan, stop_rule, validate_plan
 from repro_lib.records import Outcome, TrialRecord
+from repro_lib.report_culprit import culprit_section
 from repro_lib.store import Store
 from repro_lib.sweep import run_sweep
 
@@ -139,29 +140,74 @@ def test_early_stopping_on_known_sequences():
     )
 
 
-def test_bisect_logic_on_a_known_grid():
-    seen = []
+def _version_search(versions, good, bad, affected, *, k=2, cycles=3):
+    """A version search whose fake probe fails every try of an affected version:
+    (its candidates, the final record, the versions probed in order)."""
+    candidates = version_range(versions, good, bad)
+    record = version_record(candidates, search_id="v-test", backend="engine", tries_per_cycle=k)
+    probed = []
 
-    def probe(version):
-        seen.append(version)
-        affected = version in {"v3", "v4", "v5"}
-        return Probe(version, affected, int(affected), 10, "")
+    def probe(candidate, sweep_id):
+        probed.append(candidate.ref)
+        return [k if candidate.ref in affected else 0] * cycles, k * cycles
 
-    versions = ["v0", "v1", "v2", "v3", "v4", "v5"]
-    result = bisect_versions(versions, good="v0", bad="v5", probe=probe)
-    assert result.first_affected == "v3" and result.boundary == ("v2", "v3")
-    assert len(seen) <= 3
-    # the fix direction: affected first, good later in the list
-    seen.clear()
-    result = bisect_versions(
-        ["v8.0", "v8.1", "v9.0", "v9.1", "v9.2"],
-        good="v9.2",
-        bad="v8.0",
-        probe=lambda v: Probe(v, v in {"v8.0", "v8.1", "v9.0"}, 0, 10, ""),
+    final = run_search(
+        record, prepare=lambda c: c, probe=probe, save=lambda r: None, say=lambda line: None
     )
-    assert result.first_affected == "v9.0" and result.boundary == ("v9.0", "v9.1")
-    with pytest.raises(UsageError):
-        bisect_versions(versions, good="v0", bad="v9", probe=probe)
+    return candidates, final, probed
+
+
+def test_bisect_logic_on_a_known_grid():
+    versions = ["v0", "v1", "v2", "v3", "v4", "v5"]
+    candidates, final, probed = _version_search(versions, "v0", "v5", {"v3", "v4", "v5"})
+    assert candidates.versions == ["v1", "v2", "v3", "v4", "v5"]  # after --good, --bad in
+    assert candidates.direction == "broke"
+    assert final.status == "confident" and final.best.ref == "v3"
+    assert final.boundary() == ("v2", "v3")
+    assert all(c.build == "released" for c in final.candidates) and final.kind == "versions"
+    assert len(probed) <= 5
+    # the fix direction: affected first, good later in the list
+    candidates, final, _ = _version_search(
+        ["v8.0", "v8.1", "v9.0", "v9.1", "v9.2"], "v9.2", "v8.0", {"v8.0", "v8.1", "v9.0"}
+    )
+    assert candidates.versions == ["v8.1", "v9.0", "v9.1", "v9.2"]
+    assert candidates.direction == "fixed"
+    assert final.status == "confident" and final.best.ref == "v9.1"  # the first without it
+    assert final.boundary() == ("v9.0", "v9.1")
+    with pytest.raises(UsageError, match="--bad 'v9' is not in --versions"):
+        version_range(versions, "v0", "v9")
+    with pytest.raises(UsageError, match="must differ"):
+        version_range(versions, "v2", "v2")
+
+
+def test_a_newest_first_version_list_maps_to_the_same_search():
+    # the same history listed newest first: --good v9.2 comes first, so along the list
+    # the bug appears (broke) and the culprit is the first affected version in list order
+    newest_first = ["v9.2", "v9.1", "v9.0", "v8.1", "v8.0"]
+    candidates, final, _ = _version_search(newest_first, "v9.2", "v8.0", {"v8.0", "v8.1", "v9.0"})
+    assert candidates.versions == ["v9.1", "v9.0", "v8.1", "v8.0"]
+    assert candidates.direction == "broke"
+    assert final.status == "confident" and final.boundary() == ("v9.1", "v9.0")
+    # and a range whose culprit is its first candidate: the anchor stands before it
+    candidates, final, _ = _version_search(newest_first[:3], "v9.1", "v9.2", {"v9.2"})
+    assert candidates.versions == ["v9.1"] and candidates.direction == "fixed"
+    assert final.boundary() == ("v9.2", "v9.1") and final.probes == ()  # one candidate
+
+
+def test_a_version_candidate_runs_the_image_a_sweep_cell_would():
+    candidates = version_range(
+        ["v0.8.0", "v0.9.0", "reg.example/bk:x"], "v0.8.0", "reg.example/bk:x"
+    )
+    record = version_record(candidates, search_id="v", backend="container", tries_per_cycle=4)
+    assert [c.image for c in record.candidates] == [
+        "moby/buildkit:v0.9.0-rootless",
+        "reg.example/bk:x",
+    ]
+    for c in record.candidates:  # the same image as a sweep of that version
+        plan = validate_plan({"versions": [c.ref]})
+        assert plan.cells()[0].image == c.image
+    engine = version_record(candidates, search_id="v", backend="engine", tries_per_cycle=4)
+    assert [c.image for c in engine.candidates] == ["v0.9.0", "reg.example/bk:x"]
 
 
 def _sweep_rows(store):
@@ -280,28 +326,35 @@ def test_until_confident_stops_cells_early(docker_client, fixture_images, docker
 
 def test_bisect_through_the_engine_backend(docker_client, fixture_images, docker_cli, lab_home):
     env, args = _controlled(faulty="v3,v4,v5", clean="v0,v1,v2")
-    proc = run_cli(
-        "bisect",
-        *args,
-        "--good",
-        "v0",
-        "--bad",
-        "v5",
-        "--versions",
-        "v0,v1,v2,v3,v4,v5",
-        "--max-rate",
-        "0.25",
-        "--tries",
-        "48",  # a clean probe needs 11 complete reset cycles of 4 (bound 0.238 < 0.25)
-        "--json",
-        home=lab_home,
-        env=env,
-    )
+    search = ["--reset-freq", "2", "--cycles-per-probe", "2", "--search-id", "v-e2e"]
+    argv = ["--good", "v0", "--bad", "v5", "--versions", "v0,v1,v2,v3,v4,v5", *search]
+    proc = run_cli("bisect", *args, *argv, "--json", home=lab_home, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["kind"] == "versions" and result["status"] == "confident"
     assert result["first_affected"] == "v3"
     assert result["boundary"] == ["v2", "v3"]
-    assert all(p["statement"] for p in result["probes"])
+    assert result["statement"].startswith("culprit: v3 (posterior ")
+    assert "boundary: v2 | v3" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == result["statement"]
+    assert sum(line.startswith("probe ") for line in proc.stderr.splitlines()) == len(
+        result["probes"]
+    )
+    # each probe is a sweep of 2 cycles of 2 tries in the store, as in a commit search
+    store = lab_home / "data/raw/trials.sqlite"
+    with Store(store) as st:
+        (record,) = st.searches("v-e2e")
+        for probe in result["probes"]:
+            assert len(st.trials(f"{probe['sweep_id']}-c000")) == 4
+    assert record.statement() == result["statement"]
+    # a finished search resumes to the same statement without running a probe
+    resumed = run_cli("bisect", "--resume", "v-e2e", "--json", home=lab_home, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout.splitlines()[-1])["probes"] == result["probes"]
+    assert "boundary: v2 | v3" in resumed.stderr
+    # and the report's Culprit section names the version
+    text = "\n".join(culprit_section([record], lab_home))
+    assert "names `v3` as the version that broke it" in text
     assert lab.leftovers(docker_client) == {"containers": [], "volumes": []}
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from ..errors import UsageError
+
 
 def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by `reproduce` and `sweep`."""
@@ -193,3 +195,44 @@ def options_from(kwargs: dict[str, Any], **extra: Any):
         command=shlex.join(["repro-lib", *sys.argv[1:]]),
         **extra,
     )
+
+
+def sweep_plan(kwargs: dict[str, Any], plan_file: str | None, axes: dict[str, Any]):
+    """The plan of a sweep (or a search's probes) from the batch options, ``plan_file``
+    and ``axes``; options given on the command line win over the plan file's."""
+    from ..batch import BatchOptions
+    from ..plan import load_plan, validate_plan
+
+    defaults = BatchOptions()
+    batch = {
+        "offline": kwargs["offline"] or None,
+        "base_image": kwargs["base_image"],
+        "registry_image": kwargs["registry_image"]
+        if kwargs["registry_image"] != defaults.registry_image
+        else None,
+        "scenario": kwargs["scenario"],
+        "output": kwargs["output"] if kwargs["output"] != defaults.output else None,
+        "privileged": kwargs["privileged"],
+        "security_opt": list(kwargs["security_opt"]) or None,
+        "cap_add": list(kwargs["cap_add"]) or None,
+        "cap_drop": list(kwargs["cap_drop"]) or None,
+        "rootful_weak_isolation": kwargs["rootful_weak_isolation"] or None,
+        "buildkitd_flags": kwargs["buildkitd_flags"] or None,
+        "hub_url": kwargs["hub_url"] if kwargs["hub_url"] != defaults.hub_url else None,
+        "allow_prune": kwargs["allow_prune"] or None,
+        "docker_cli": kwargs["docker_cli"],
+        "build_timeout": kwargs["build_timeout"]
+        if kwargs["build_timeout"] != defaults.build_timeout
+        else None,
+        "debug_failures": kwargs["debug_failures"] or None,
+    }
+    given = {k: v for k, v in {**axes, **batch}.items() if v is not None}
+    if kwargs["backend"] != "container" or not plan_file:
+        given["backend"] = kwargs["backend"]  # a plan file's backend stands unless one is given
+    if plan_file:
+        return load_plan(plan_file, **given)
+    if given.get("backend", "container") == "container" and "versions" not in given:
+        raise UsageError(
+            "--versions is required (or a --plan file)", hint="e.g. --versions v0.9.0,v0.9.1"
+        )
+    return validate_plan(given)

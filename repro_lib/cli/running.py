@@ -1,4 +1,4 @@
-"""Commands that run builds: reproduce, sweep, bisect, bench."""
+"""Commands that run builds: reproduce, sweep, bench (bisect is in ``culprit``)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import click
 
 from ..errors import UsageError
 from .base import EXIT_MISSING_LAYER, client_for, handle_errors, main, pct, positive, split_csv
-from .options import batch_options, options_from
+from .options import batch_options, options_from, sweep_plan
 
 
 @main.command()
@@ -156,45 +154,6 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(summary, default=str))
     else:
         click.echo("\n".join(lines))
-
-
-def _sweep_plan(kwargs: dict[str, Any], plan_file: str | None, axes: dict[str, Any]):
-    from ..batch import BatchOptions
-    from ..plan import load_plan, validate_plan
-
-    defaults = BatchOptions()
-    batch = {
-        "offline": kwargs["offline"] or None,
-        "base_image": kwargs["base_image"],
-        "registry_image": kwargs["registry_image"]
-        if kwargs["registry_image"] != defaults.registry_image
-        else None,
-        "scenario": kwargs["scenario"],
-        "output": kwargs["output"] if kwargs["output"] != defaults.output else None,
-        "privileged": kwargs["privileged"],
-        "security_opt": list(kwargs["security_opt"]) or None,
-        "cap_add": list(kwargs["cap_add"]) or None,
-        "cap_drop": list(kwargs["cap_drop"]) or None,
-        "rootful_weak_isolation": kwargs["rootful_weak_isolation"] or None,
-        "buildkitd_flags": kwargs["buildkitd_flags"] or None,
-        "hub_url": kwargs["hub_url"] if kwargs["hub_url"] != defaults.hub_url else None,
-        "allow_prune": kwargs["allow_prune"] or None,
-        "docker_cli": kwargs["docker_cli"],
-        "build_timeout": kwargs["build_timeout"]
-        if kwargs["build_timeout"] != defaults.build_timeout
-        else None,
-        "debug_failures": kwargs["debug_failures"] or None,
-    }
-    given = {k: v for k, v in {**axes, **batch}.items() if v is not None}
-    if kwargs["backend"] != "container" or not plan_file:
-        given["backend"] = kwargs["backend"]  # a plan file's backend stands unless one is given
-    if plan_file:
-        return load_plan(plan_file, **given)
-    if given.get("backend", "container") == "container" and "versions" not in given:
-        raise UsageError(
-            "--versions is required (or a --plan file)", hint="e.g. --versions v0.9.0,v0.9.1"
-        )
-    return validate_plan(given)
 
 
 def _needs_local_engine(cluster: str | None, backend: str) -> bool:
@@ -374,7 +333,7 @@ def sweep(
             "max_rate": max_rate,
             "replicates": replicates,
         }
-        plan = _sweep_plan(kwargs, plan_file, axes)
+        plan = sweep_plan(kwargs, plan_file, axes)
         command = shlex.join(["repro-lib", *sys.argv[1:]])
         if sweep_id is None and shard is not None:
             sweep_id = sweep_id_for(plan)  # every shard of this plan gets the same id
@@ -401,355 +360,6 @@ def sweep(
     )
     _print_cells(outcome, kwargs["as_json"])
     sys.exit(EXIT_MISSING_LAYER if outcome.failures else 0)
-
-
-#: options of the commit mode, and of the version mode (checked: a mix is a usage error)
-COMMIT_OPTIONS = (
-    "repo",
-    "all_commits",
-    "build",
-    "direction",
-    "confidence",
-    "max_tries",
-    "cycles_per_probe",
-    "cluster",
-    "search_id",
-)
-VERSION_OPTIONS = ("tries", "max_rate")
-
-
-@main.command()
-@click.option(
-    "--good", default=None, help="A version or commit known to be unaffected (the bug absent)."
-)
-@click.option(
-    "--bad", default=None, help="A version or commit known to be affected (the bug present)."
-)
-@click.option(
-    "--versions",
-    "version_list",
-    default=None,
-    help="Version mode: ordered, comma-separated versions to search (a deflaked bisection).",
-)
-@click.option(
-    "--repo",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Commit mode: the git repository whose commits --good..--bad are the candidates.",
-)
-@click.option(
-    "--all-commits",
-    is_flag=True,
-    help="Commit mode: every commit in the range, not only the first-parent ones (merges).",
-)
-@click.option(
-    "--build",
-    default=None,
-    metavar="CMD",
-    help="Commit mode: shell command run in a clean worktree of a commit to build its BuildKit "
-    "image; must tag {image}; may use {commit} and {short}. An existing {image} is reused; a "
-    "failing command marks the commit unbuildable (skipped, like `git bisect skip`).",
-)
-@click.option(
-    "--direction",
-    type=click.Choice(["broke", "fixed"]),
-    default="broke",
-    show_default=True,
-    help="Commit mode: look for the commit that broke it (--good is older) or fixed it "
-    "(--bad is older).",
-)
-@click.option(
-    "--confidence",
-    default=0.95,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Commit mode: stop once one commit's posterior reaches this.",
-)
-@click.option(
-    "--max-tries",
-    default=2000,
-    show_default=True,
-    type=int,
-    callback=positive("max-tries"),
-    help="Commit mode: stop after this many tries over all probes.",
-)
-@click.option(
-    "--cycles-per-probe",
-    default=5,
-    show_default=True,
-    type=int,
-    callback=positive("cycles-per-probe"),
-    help="Commit mode: reset cycles of --reset-freq tries each probe runs.",
-)
-@click.option(
-    "--resume",
-    "resume_id",
-    default=None,
-    help="Continue a killed commit search by its id: recorded probes and builds are not redone.",
-)
-@click.option(
-    "--cluster",
-    default=None,
-    help="Commit mode: run the probes on a Dask cluster like `sweep --cluster` (the workers' "
-    "engines need the commits' images).",
-)
-@click.option(
-    "--search-id",
-    default=None,
-    help="Commit mode: id of the new search (its probes' sweeps are <id>-p001, ...). "
-    "Default: new per run.",
-)
-@click.option(
-    "--reset-freq", default=4, show_default=True, type=int, help="Reset frequency of every probe."
-)
-@click.option(
-    "--cache", default=None, help="Cache type of every probe (default: the backend's first)."
-)
-@click.option(
-    "--mode", default="daemonless", show_default=True, type=click.Choice(["daemonless", "daemon"])
-)
-@click.option(
-    "--tries",
-    default=None,
-    type=int,
-    help="Version mode: most tries per probe (early stopping ends it sooner). [default: enough "
-    "for a clean verdict, which counts reset cycles: reset-freq x 299 at --max-rate 0.01]",
-)
-@click.option(
-    "--max-rate",
-    default=0.01,
-    show_default=True,
-    type=float,
-    help="Version mode: a probe with no failure is clean once the upper bound is below this.",
-)
-@batch_options
-@handle_errors
-def bisect(
-    good, bad, version_list, reset_freq, cache, mode, tries, max_rate, **kwargs: Any
-) -> None:
-    """Find where the missing layer starts (or stops): between versions, or the commit.
-
-    \b
-    Version mode (--versions): a binary search over released versions; each
-    probe runs until its verdict is decisive (a failure seen, or no failure
-    with the upper bound below --max-rate; the bound counts complete reset
-    cycles, so it holds when failures cluster within a cycle).
-
-    \b
-    Commit mode (--repo): a Bayesian culprit search over the commits after
-    --good up to --bad (first-parent unless --all-commits). Each commit's image
-    is built by --build in a clean worktree when the search first wants it,
-    and cached as repro-lib-bisect/<repo>:<sha>. Each probe runs
-    --cycles-per-probe reset cycles of that image as one sweep cell; every
-    cycle of every probe feeds the posterior of each commit being the first
-    changed one. A progress line per probe goes to stderr; the search stops
-    at --confidence or --max-tries and ends with a line like
-      culprit: 1a2b3c4 "subject" (posterior 0.97; 412 tries over 5 probes)
-    Everything is in the store after every build and probe; --resume ID
-    continues a killed search.
-
-    \b
-    Example:
-      repro-lib bisect --repo ~/src/buildkit --bad v0.9.0 --good v0.9.1 \\
-        --direction fixed \\
-        --build 'docker buildx build --target rootless -t {image} .'
-    """
-    ctx = click.get_current_context()
-
-    def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-
-    commit_given = [n for n in COMMIT_OPTIONS if given(n)]
-    resume_id = kwargs.pop("resume_id")
-    if resume_id is not None:
-        _resume_search(resume_id, kwargs, given)
-        return
-    if version_list is not None:
-        if commit_given:
-            raise UsageError(
-                f"--{commit_given[0].replace('_', '-')} applies to commit mode (--repo), "
-                "not to --versions",
-                hint="drop it, or search commits with --repo instead of --versions",
-            )
-        _bisect_versions(good, bad, version_list, reset_freq, cache, mode, tries, max_rate, kwargs)
-        return
-    if kwargs["repo"] is None:
-        raise UsageError(
-            "bisect needs --versions (released versions) or --repo (commits)",
-            hint="see repro-lib bisect --help",
-        )
-    version_given = [n for n in VERSION_OPTIONS if given(n)]
-    if version_given:
-        raise UsageError(
-            f"--{version_given[0].replace('_', '-')} applies to --versions, not to commit mode",
-            hint="a commit probe runs --cycles-per-probe reset cycles; --max-tries caps the search",
-        )
-    _search_commits(good, bad, reset_freq, cache, mode, kwargs)
-
-
-def _commit_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Take the commit-mode options out of ``kwargs`` (the rest are batch options)."""
-    return {name: kwargs.pop(name) for name in COMMIT_OPTIONS}
-
-
-def _search_commits(good, bad, reset_freq, cache, mode, kwargs: dict[str, Any]) -> None:
-    from .. import commits
-    from ..bisect import SearchSetup, commit_range, start_commit_search
-    from ..config import Paths
-    from ..plan import check_sweep_id
-
-    options = _commit_kwargs(kwargs)
-    if good is None or bad is None:
-        raise UsageError("commit mode needs --good and --bad", hint="e.g. --good v0.9.0 --bad HEAD")
-    if options["build"] is None:
-        raise UsageError(
-            "commit mode needs --build, the command that builds a commit's image",
-            hint="e.g. --build 'docker build -t {image} .'",
-        )
-    if reset_freq < 1:
-        raise UsageError(f"--reset-freq must be at least 1 (got {reset_freq})")
-    if options["search_id"] is not None:
-        try:
-            check_sweep_id(options["search_id"])
-        except UsageError:
-            raise UsageError(
-                f"--search-id {options['search_id']!r} is not a plain name",
-                hint="use letters, digits, '.', '_' or '-' (at most 80), e.g. --search-id ci-1234",
-            ) from None
-    candidates = commit_range(
-        options["repo"],
-        good,
-        bad,
-        build=options["build"],
-        direction=options["direction"],
-        all_commits=options["all_commits"],
-    )
-    axes = {
-        # a stand-in: each probe runs its own candidate's image instead
-        "versions": [f"{commits.IMAGE_REPOSITORY}/candidate:any"],
-        "reset_freq": [reset_freq],
-        "cache": split_csv(cache),
-        "mode": [mode],
-        "lanes": 1,
-    }
-    plan = _sweep_plan(kwargs, None, axes)
-    paths = Paths.from_env()
-    setup = SearchSetup(
-        client=client_for(kwargs["engine_host"]),
-        plan=plan,
-        cycles_per_probe=options["cycles_per_probe"],
-        build=options["build"],
-        store_path=Path(kwargs["store_path"] or paths.store),
-        paths=paths,
-        cluster=options["cluster"],
-        command=shlex.join(["repro-lib", *sys.argv[1:]]),
-        progress=sys.stderr.isatty(),  # a probe's bar between the search's lines, on a terminal
-    )
-    record = start_commit_search(
-        setup,
-        candidates,
-        confidence=options["confidence"],
-        max_tries=options["max_tries"],
-        say=lambda line: click.echo(line, err=True),
-        search_id=options["search_id"],
-    )
-    _print_search(record, kwargs["as_json"])
-
-
-def _resume_search(search_id: str, kwargs: dict[str, Any], given: Any) -> None:
-    from ..bisect import resume_commit_search
-    from ..config import Paths
-
-    options = _commit_kwargs(kwargs)
-    settings = [n for n in ("good", "bad", "version_list", *COMMIT_OPTIONS) if given(n)]
-    if [n for n in settings if n != "cluster"]:
-        name = next(n for n in settings if n != "cluster")
-        raise UsageError(
-            f"--resume takes the search's settings from the store; --"
-            f"{'versions' if name == 'version_list' else name.replace('_', '-')} cannot change them",
-            hint=f"repro-lib bisect --resume {search_id} [--store PATH] [--cluster ADDR]",
-        )
-    paths = Paths.from_env()
-    record = resume_commit_search(
-        search_id,
-        client=client_for(kwargs["engine_host"]),
-        store_path=Path(kwargs["store_path"] or paths.store),
-        paths=paths,
-        cluster=options["cluster"],
-        progress=sys.stderr.isatty(),
-        say=lambda line: click.echo(line, err=True),
-    )
-    _print_search(record, kwargs["as_json"])
-
-
-def _print_search(record: Any, as_json: bool) -> None:
-    from ..bisect import caveat
-
-    lines = [line for line in (caveat(record), record.statement()) if line]
-    if as_json:
-        click.echo("\n".join(lines), err=True)
-        click.echo(json.dumps({**asdict(record), "statement": record.statement()}))
-    else:
-        click.echo("\n".join(lines))
-
-
-def _bisect_versions(
-    good, bad, version_list, reset_freq, cache, mode, tries, max_rate, kwargs: dict[str, Any]
-) -> None:
-    from .. import stats
-    from ..bisect import bisect_versions, probe_with_sweep
-    from ..config import Paths
-
-    if good is None or bad is None:
-        raise UsageError("--versions needs --good and --bad", hint="both must be in --versions")
-    versions = split_csv(version_list) or []
-    if tries is None and 0 < max_rate < 1:  # a clean probe needs this many clean cycles
-        tries = reset_freq * stats.tries_for_upper_bound(max_rate)
-    axes = {
-        "versions": [good],
-        "reset_freq": [reset_freq],
-        "cache": split_csv(cache),
-        "mode": [mode],
-        "tries": tries,
-        "max_rate": max_rate,
-        "until_confident": True,
-        "lanes": 1,
-    }
-    plan = _sweep_plan(kwargs, None, axes)
-    paths = Paths.from_env()
-    client = client_for(kwargs["engine_host"])
-    sweep_ids: list[str] = []
-    probe = probe_with_sweep(
-        client,
-        plan,
-        store_path=kwargs["store_path"],
-        paths=paths,
-        progress=True,
-        sweep_ids=sweep_ids,
-    )
-    result = bisect_versions(versions, good, bad, probe)
-    lines = [
-        f"probe {p.version}: {'affected' if p.affected else 'clean'} — {p.statement}"
-        for p in result.probes
-    ]
-    lines.append(f"boundary: {result.boundary[0]} | {result.boundary[1]}")
-    lines.append(
-        f"first affected (next to the boundary on the --bad side): {result.first_affected}"
-    )
-    if kwargs["as_json"]:
-        click.echo("\n".join(lines), err=True)
-        click.echo(
-            json.dumps(
-                {
-                    "first_affected": result.first_affected,
-                    "boundary": result.boundary,
-                    "probes": [p.__dict__ for p in result.probes],
-                    "sweeps": sweep_ids,
-                }
-            )
-        )
-    else:
-        click.echo("\n".join(lines))
 
 
 @main.command()
@@ -804,7 +414,7 @@ def bench(
     paths = Paths.from_env()
     backend = kwargs["backend"]
     versions = [image or "moby/buildkit:v0.9.0-rootless"] if backend == "container" else ["engine"]
-    plan = _sweep_plan(kwargs, None, {"versions": versions})
+    plan = sweep_plan(kwargs, None, {"versions": versions})
     client = client_for(kwargs["engine_host"])
     store_path = kwargs["store_path"] or paths.raw / "bench.sqlite"
     rows = run_bench(
