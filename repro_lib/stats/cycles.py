@@ -449,7 +449,12 @@ def pattern_logit(
         # exactly, which statsmodels takes for separation: tested on the tries below
         warnings.simplefilter("ignore", sme.PerfectSeparationWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        result = model.fit(maxiter=maxiter, tol=1e-10)
+        # confounded terms: no unique fit, which callers hear as a singular design
+        warnings.simplefilter("error", sme.SingularMatrixWarning)
+        try:
+            result = model.fit(maxiter=maxiter, tol=1e-10)
+        except sme.SingularMatrixWarning as exc:
+            raise np.linalg.LinAlgError(f"singular design: {exc}") from exc
     params = np.asarray(result.params, dtype=float)
     p = expit(x @ params)
     if np.allclose(p[pattern] - y, 0):
