@@ -51,12 +51,17 @@ LAYERS: list[tuple[str, ...]] = [
     ("repro_lib.results",),
     # results into figures, reports, comments; the benchmark; the command line
     ("repro_lib.plots",),
+    # the report's sections, each of one concern, then the report that orders them
     (
-        "repro_lib.report",
+        "repro_lib.report_format",
+        "repro_lib.report_context",
+        "repro_lib.report_verdicts",
+        "repro_lib.report_position",
+        "repro_lib.report_notes",
+        "repro_lib.report_lost",
         "repro_lib.report_culprit",
-        "repro_lib.comment",
-        "repro_lib.bench_analysis",
     ),
+    ("repro_lib.report", "repro_lib.comment", "repro_lib.bench_analysis"),
     ("repro_lib.bench",),
     ("repro_lib.cli", "repro_lib.__main__"),
     # the package's front door (``__version__``, a lazy ``load_results``)

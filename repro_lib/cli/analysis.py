@@ -6,16 +6,11 @@ import click
 
 from ..errors import UsageError
 from .base import handle_errors, main
+from .options import store_option
 
 
 @main.command()
-@click.option(
-    "--store",
-    "store_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Results store (default: data/raw/trials.sqlite).",
-)
+@store_option()
 @click.option(
     "--sweep",
     "sweep_id",
@@ -119,13 +114,7 @@ def merge(out: str, stores: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("run_id")
 @click.argument("trial", required=False, type=int)
-@click.option(
-    "--store",
-    "store_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Results store (default: data/raw/trials.sqlite).",
-)
+@store_option()
 @handle_errors
 def evidence(run_id: str, trial: int | None, store_path: str | None) -> None:
     """Print the evidence bundles of RUN_ID's failures (or of one TRIAL): what was lost,

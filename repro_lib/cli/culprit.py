@@ -14,7 +14,7 @@ import click
 
 from ..errors import UsageError
 from .base import client_for, handle_errors, main, positive, split_csv
-from .options import batch_options, sweep_plan
+from .options import batch_options, mode_option, sweep_plan
 
 #: options of the commit mode only (a mix with --versions is a usage error)
 COMMIT_OPTIONS = ("repo", "all_commits", "build", "direction")
@@ -112,9 +112,7 @@ OLD_VERSION_OPTIONS = ("tries", "max_rate")
 @click.option(
     "--cache", default=None, help="Cache type of every probe (default: the backend's first)."
 )
-@click.option(
-    "--mode", default="daemonless", show_default=True, type=click.Choice(["daemonless", "daemon"])
-)
+@mode_option
 @click.option(
     "--tries",
     default=None,

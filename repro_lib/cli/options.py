@@ -1,4 +1,5 @@
-"""The batch options, declared once: reproduce, sweep, bisect and bench all take them."""
+"""Options declared once: the batch options (reproduce, sweep, bisect, bench), the results
+store (those and report, evidence) and the BuildKit mode (reproduce, bisect)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,38 @@ import click
 
 from ..errors import UsageError
 
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by `reproduce` and `sweep`."""
+
+def store_option(default: str = "data/raw/trials.sqlite") -> Decorator:
+    """``--store FILE`` (as ``store_path``, None when not given); ``default`` is what the
+    command falls back to under the project root, for the help only."""
+    return click.option(
+        "--store",
+        "store_path",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help=f"Results store (default: {default} under the project root).",
+    )
+
+
+#: ``--mode``: how the container backend runs BuildKit, for a batch or each probe
+mode_option: Decorator = click.option(
+    "--mode",
+    type=click.Choice(["daemonless", "daemon"]),
+    default="daemonless",
+    show_default=True,
+    help="container backend: a fresh buildkitd per try (daemonless, the public script) or one buildkitd per reset cycle (daemon).",
+)
+
+
+def batch_options(
+    func: Callable[..., Any] | None = None, *, store: str = "data/raw/trials.sqlite"
+) -> Any:
+    """Options shared by `reproduce`, `sweep`, `bisect` and `bench`: ``@batch_options``, or
+    ``@batch_options(store=...)`` for a command whose results store defaults elsewhere."""
+    if func is None:
+        return lambda f: batch_options(f, store=store)
     options = [
         click.option(
             "--backend",
@@ -138,13 +168,7 @@ def batch_options(func: Callable[..., Any]) -> Callable[..., Any]:
             envvar="DOCKER_HOST",
             help="Docker engine to use, e.g. unix:///path/docker.sock (default: $DOCKER_HOST or the local socket).",
         ),
-        click.option(
-            "--store",
-            "store_path",
-            default=None,
-            type=click.Path(dir_okay=False),
-            help="Results store (default: data/raw/trials.sqlite under the project root).",
-        ),
+        store_option(store),
         click.option(
             "--build-timeout",
             default=600.0,

@@ -12,7 +12,7 @@ import click
 
 from ..errors import UsageError
 from .base import EXIT_MISSING_LAYER, client_for, handle_errors, main, pct, positive, split_csv
-from .options import batch_options, options_from, sweep_plan
+from .options import batch_options, mode_option, options_from, sweep_plan
 
 
 @main.command()
@@ -49,13 +49,7 @@ from .options import batch_options, options_from, sweep_plan
     default=None,
     help="Cache type: registry (default) or local for the container backend; inline for the engine backend.",
 )
-@click.option(
-    "--mode",
-    type=click.Choice(["daemonless", "daemon"]),
-    default="daemonless",
-    show_default=True,
-    help="container backend: a fresh buildkitd per try (daemonless, the public script) or one buildkitd per reset cycle (daemon).",
-)
+@mode_option
 @batch_options
 @handle_errors
 def reproduce(
@@ -397,7 +391,7 @@ def sweep(
     default=None,
     help="Also measure a Dask cluster of Docker hosts: a scheduler address (tcp://HOST:8786, tls://…) or `local` (a LocalCluster of --lanes workers). Needs repro-lib[cluster].",
 )
-@batch_options
+@batch_options(store="data/raw/bench.sqlite")
 @handle_errors
 def bench(
     image: str | None, tries: int, reset_freq: int, lanes: int, cluster: str | None, **kwargs: Any

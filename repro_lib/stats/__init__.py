@@ -25,9 +25,11 @@ The package, one module per seam:
 * ``comparisons``: ``compare`` (a cycle- or batch-robust t test, or Fisher's
   exact test for independent tries) and ``group_agreement``;
 * ``position``: the failure probability by position since reset
-  (``hazard_trend_test``, ``fit_hazard``/``HazardModel``) and the K-curve as a
-  held-out prediction with a likelihood-ratio test of K beyond the position
-  (``k_curve_fit``);
+  (``fit_hazard``/``HazardModel``);
+* ``trend``: is it constant at positions >= 2, or does it trend
+  (``hazard_trend_test``)?
+* ``kcurve``: the K-curve as a held-out prediction with a likelihood-ratio
+  test of K beyond the position (``k_curve_fit``);
 * ``batches``: runs as replicates (``batch_heterogeneity`` with Tarone's test,
   ``batch_rate``);
 * ``regression``: ``logistic_fit`` and ``failure_model`` (odds ratios with
@@ -68,14 +70,8 @@ from .cycles import (
     records_frame,
 )
 from .dependence import DependenceEffect, FailureClustering, failure_clustering
-from .position import (
-    HazardModel,
-    KCurveFit,
-    TrendTest,
-    fit_hazard,
-    hazard_trend_test,
-    k_curve_fit,
-)
+from .kcurve import KCurveFit, k_curve_fit
+from .position import HazardModel, fit_hazard
 from .rates import (
     FailureRate,
     failure_rate,
@@ -86,6 +82,7 @@ from .rates import (
 from .regression import FailureModel, LogisticFit, failure_model, logistic_fit
 from .stopping import CLEAN_BOUND_ASSUMES, StopDecision, should_stop, verdict
 from .tables import RATE_COLUMNS, findings_table, rate_by_position, rates_by, results_frame
+from .trend import TrendTest, hazard_trend_test
 
 __all__ = [
     "records_frame",
