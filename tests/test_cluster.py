@@ -605,11 +605,11 @@ def test_the_done_list_reads_back_whole_across_chunks_and_writes_only_the_last(m
     from repro_lib.records import Outcome
 
     monkeypatch.setattr(done_module, "CHUNK", 3)
-    sent: list[int] = []
+    sent: list[tuple[str, object]] = []
     real_set = Variable.set
 
     def counting_set(variable, value, **kwargs):
-        sent.append(len(value))  # entries this one set sends
+        sent.append((variable.name, value))
         return real_set(variable, value, **kwargs)
 
     monkeypatch.setattr(Variable, "set", counting_set)
@@ -627,7 +627,15 @@ def test_the_done_list_reads_back_whole_across_chunks_and_writes_only_the_last(m
         sent.clear()
         for entry in entries[4:]:  # the rerun's tries, one at a time
             rerun.extend([entry])
-        assert max(sent) <= 3 and len(sent) == 4
+        chunks = [value for name, value in sent if not name.endswith("-chunks")]
+        assert len(chunks) == 4 and max(len(c) for c in chunks) <= 3  # one chunk per try
+        assert [value for name, value in sent if name.endswith("-chunks")] == [3]
         assert DoneList("t-c000-done", client=client).read() == entries
         rerun.delete()
-        assert DoneList("t-c000-done", client=client).read() == []
+        variables = local.scheduler.extensions["variables"].variables
+        lab.wait_until(
+            lambda: not [n for n in variables if n.startswith("t-c000-done")],
+            timeout=10,
+            interval=0.05,
+            what="the done list's removal",
+        )
