@@ -574,20 +574,68 @@ def test_cells_of_a_dead_client_stop_by_themselves(cluster, tmp_path):
 
 
 def test_a_bundle_over_the_cap_names_what_stayed_on_the_host(tmp_path, monkeypatch):
-    from repro_lib.executors import cluster as dask_cluster
+    from repro_lib.executors.cluster import bundles
 
     bundle = tmp_path / "evidence/trial-0002"
     bundle.mkdir(parents=True)
     (bundle / "what-was-lost.md").write_text("# What trial 2 lost\n")
     (bundle / "output.tar").write_bytes(b"x" * 5000)
-    monkeypatch.setattr(dask_cluster, "BUNDLE_CAP", 1000)
-    data = dask_cluster.pack_bundle(bundle, "host-a")
+    monkeypatch.setattr(bundles, "BUNDLE_CAP", 1000)
+    data = bundles.pack_bundle(bundle, "host-a")
     run_dir = tmp_path / "client"
-    dask_cluster.unpack_bundle(data, run_dir, "evidence/trial-0002")
+    bundles.unpack_bundle(data, run_dir, "evidence/trial-0002")
     copy = run_dir / "evidence/trial-0002"
     assert (copy / "what-was-lost.md").read_text() == "# What trial 2 lost\n"
     assert not (copy / "output.tar").exists()
     omitted = (copy / "omitted.txt").read_text()
     assert f"output.tar (5000 bytes): on host host-a at {bundle / 'output.tar'}" in omitted
     with pytest.raises(OSError, match="leaves its run directory"):
-        dask_cluster.unpack_bundle(data, run_dir, "../../elsewhere")
+        bundles.unpack_bundle(data, run_dir, "../../elsewhere")
+
+
+def test_the_done_list_reads_back_whole_across_chunks_and_writes_only_the_last(monkeypatch):
+    """The list a rerun reads: every entry in order, whoever wrote it, while an
+    append rewrites no more than the chunk it lands in."""
+    import logging
+
+    from distributed import Client, LocalCluster, Variable
+
+    from repro_lib.executors.cluster import done as done_module
+    from repro_lib.executors.cluster.done import Done, DoneList
+    from repro_lib.records import Outcome
+
+    monkeypatch.setattr(done_module, "CHUNK", 3)
+    sent: list[tuple[str, object]] = []
+    real_set = Variable.set
+
+    def counting_set(variable, value, **kwargs):
+        sent.append((variable.name, value))
+        return real_set(variable, value, **kwargs)
+
+    monkeypatch.setattr(Variable, "set", counting_set)
+    entries = [Done(t, Outcome.MISSING_LAYER if t == 5 else Outcome.OK) for t in range(1, 9)]
+    with (
+        LocalCluster(
+            n_workers=0, processes=False, dashboard_address=None, silence_logs=logging.ERROR
+        ) as local,
+        Client(local) as client,
+    ):
+        seeded = DoneList("t-c000-done", client=client)  # the client's prior records
+        seeded.extend(entries[:4])
+        rerun = DoneList("t-c000-done", client=client)
+        assert rerun.read() == entries[:4]
+        sent.clear()
+        for entry in entries[4:]:  # the rerun's tries, one at a time
+            rerun.extend([entry])
+        chunks = [value for name, value in sent if not name.endswith("-chunks")]
+        assert len(chunks) == 4 and max(len(c) for c in chunks) <= 3  # one chunk per try
+        assert [value for name, value in sent if name.endswith("-chunks")] == [3]
+        assert DoneList("t-c000-done", client=client).read() == entries
+        rerun.delete()
+        variables = local.scheduler.extensions["variables"].variables
+        lab.wait_until(
+            lambda: not [n for n in variables if n.startswith("t-c000-done")],
+            timeout=10,
+            interval=0.05,
+            what="the done list's removal",
+        )
