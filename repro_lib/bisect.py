@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 import numpy as np
 
-from . import commits
+from . import commits, locks
 from .config import Paths
 from .culprit import (
     CandidateRow,
@@ -459,8 +459,22 @@ def _check_new_id(setup: SearchSetup, search_id: str | None) -> str:
 def _start(
     setup: SearchSetup, record: SearchRecord, settings: dict, intro: str, say: Callable[[str], None]
 ) -> SearchRecord:
-    with Store(setup.store_path) as store:
-        store.save_search(record, settings)
+    with _running(setup.store_path, record.search_id):
+        # checked again under the lock: two starts may have picked the same --search-id
+        _check_new_id(setup, record.search_id)
+        with Store(setup.store_path) as store:
+            store.save_search(record, settings)
+        return _announce_and_drive(setup, record, intro, say)
+
+
+def _running(store_path: Path, search_id: str):
+    """One process at a time drives a search (a second would run its next probe again)."""
+    return locks.held(store_path, f"search-{search_id}", what=f"culprit search {search_id}")
+
+
+def _announce_and_drive(
+    setup: SearchSetup, record: SearchRecord, intro: str, say: Callable[[str], None]
+) -> SearchRecord:
     first, last = record.candidates[0], record.candidates[-1]
     noun = "commit" if record.kind == "commits" else "version"
     say(
@@ -559,6 +573,19 @@ def resume_search(
     """
     if not Path(store_path).exists():
         raise UsageError(f"no results store at {store_path}", hint="pass --store")
+    with _running(Path(store_path), search_id):
+        return _resume(search_id, client, Path(store_path), paths, cluster, progress, say)
+
+
+def _resume(
+    search_id: str,
+    client: docker.DockerClient,
+    store_path: Path,
+    paths: Paths,
+    cluster: str | None,
+    progress: bool,
+    say: Callable[[str], None],
+) -> SearchRecord:
     with Store(store_path) as store:
         found = store.searches(search_id)
         settings = store.search_settings(search_id)

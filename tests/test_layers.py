@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     # its records, so it sits below the store
     ("repro_lib.culprit",),
     # where every record goes (it reads cache facts back as forensics objects)
-    ("repro_lib.store",),
+    ("repro_lib.store", "repro_lib.locks"),
     # pure functions of records and frames: a batch's summary and a sweep's stopping
     # rule use them while running, so they sit below the running layers
     ("repro_lib.frames", "repro_lib.stats"),

@@ -1,0 +1,76 @@
+"""One process at a time drives a culprit search: the lock beside the store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from repro_lib import bisect, locks
+from repro_lib.errors import UsageError
+
+HOLD = """
+import sys, time
+from repro_lib import locks
+with locks.held(sys.argv[1], "search-s1", what="culprit search s1"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+    store = tmp_path / "trials.sqlite"
+    store.touch()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline().strip() == "held"
+    yield store, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_second_process_is_refused_with_the_holders_pid(holder):
+    store, proc = holder
+    with (
+        pytest.raises(
+            UsageError, match=rf"culprit search s1 is running in another process \(pid {proc.pid}\)"
+        ),
+        locks.held(store, "search-s1", what="culprit search s1"),
+    ):
+        pass
+
+
+def test_other_searches_are_not_held_up(holder):
+    store, _ = holder
+    with locks.held(store, "search-s2", what="culprit search s2") as path:
+        assert path.exists()
+
+
+def test_a_killed_holder_leaves_the_lock_free(holder):
+    store, proc = holder
+    proc.kill()
+    proc.wait()
+    assert locks.lock_path(store, "search-s1").exists()  # a kill leaves the file...
+    with locks.held(store, "search-s1", what="culprit search s1"):
+        pass  # ...but not the lock
+    assert not locks.lock_path(store, "search-s1").exists()
+
+
+def test_release_removes_the_file_and_the_lock_can_be_taken_again(tmp_path):
+    store = tmp_path / "trials.sqlite"
+    for _ in range(2):
+        with locks.held(store, "search-x", what="x") as path:
+            assert path.read_text() == str(__import__("os").getpid())
+        assert not path.exists()
+
+
+def test_resuming_a_search_another_process_drives_is_refused(holder):
+    store, proc = holder
+    started = time.monotonic()
+    with pytest.raises(UsageError, match="running in another process"):
+        bisect.resume_search("s1", client=None, store_path=store, paths=None, say=print)
+    assert time.monotonic() - started < 5  # refused at once, not after waiting
