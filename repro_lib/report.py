@@ -75,12 +75,13 @@ def write_report(
     store_or_df: str | Path | Store | pd.DataFrame | Sequence[str | Path] | None,
     out_dir: str | Path,
     *,
-    sweep: str | None = None,
+    sweep: str | Sequence[str] | None = None,
     run: str | None = None,
     command: str | None = None,
     github: bool = False,
     evidence: int = 3,
     searches: Sequence[SearchRecord] = (),
+    scope: str | None = None,
 ) -> Path:
     """Write ``report.md``, its PNG figures and ``trials.csv`` into ``out_dir``.
 
@@ -95,7 +96,8 @@ def write_report(
     out_dir : path
         Created if needed; existing files of the same names are replaced.
     sweep, run : str, optional
-        Restrict the report to one sweep or one run.
+        Restrict the report to one sweep (or several: a list of sweep ids, e.g. a
+        culprit search's probes) or one run.
     command : str, optional
         The command that reproduces the data; by default derived from the
         stored runs' parameters (see ``default_command``).
@@ -107,6 +109,9 @@ def write_report(
     searches : sequence of SearchRecord, optional
         Culprit searches (``Store.searches``) to show in a "Culprit" section, with
         a posterior plot each (``repro_lib.report_culprit``); none: no section.
+    scope : str, optional
+        How the report names what it covers (default: "sweep `ID`", "run `ID`"
+        or all trials in the store).
 
     Returns
     -------
@@ -131,6 +136,7 @@ def write_report(
                 github=github,
                 evidence=evidence,
                 searches=searches,
+                scope=scope,
             )
     return _write(
         store_or_df,
@@ -141,13 +147,14 @@ def write_report(
         github=github,
         evidence=evidence,
         searches=searches,
+        scope=scope,
     )
 
 
 def _write(
     store_or_df: str | Path | Store | pd.DataFrame | None,
     out_dir: str | Path,
-    sweep: str | None,
+    sweep: str | Sequence[str] | None,
     run: str | None,
     command: str | None,
     *,
@@ -155,6 +162,7 @@ def _write(
     github: bool = False,
     evidence: int = 3,
     searches: Sequence[SearchRecord] = (),
+    scope: str | None = None,
 ) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,6 +192,8 @@ def _write(
     if command is None:
         command = default_command(runs)
     source = label or source
+    if scope is None:
+        scope = _scope(sweep, run, source)
 
     # the trials file is written while the report is drawn: reading the store and writing
     # Parquet run in Arrow and SQLite, outside the GIL, so on two cores they take no time of
@@ -197,17 +207,15 @@ def _write(
             run=run,
         )
         text = _render(
-            df, out, sweep=sweep, run=run, command=command, runs=runs, source=source, sweeps=sweeps
-        )
+            df, out, scope=scope, covers_all=not (sweep or run), command=command, runs=runs,
+            source=source, sweeps=sweeps,
+        )  # fmt: skip
         trials = writing.result()
     text += "\n".join(culprit_section(searches, out))
     text = text.rstrip("\n") + "\n" + "\n".join(what_was_lost_section(df, batches, run_dirs)) + "\n"
     report = out / "report.md"
     report.write_text(text, encoding="utf-8")
     if github:
-        scope = (
-            f"sweep `{sweep}`" if sweep else f"run `{run}`" if run else f"all trials in {source}"
-        )
         write_github(
             out,
             df,
@@ -225,19 +233,26 @@ def _default_store() -> Path:
     return Paths.from_env().store
 
 
+def _scope(sweep: str | Sequence[str] | None, run: str | None, source: str) -> str:
+    if isinstance(sweep, str):
+        return f"sweep `{sweep}`"
+    if sweep:
+        return "sweeps " + ", ".join(f"`{s}`" for s in sweep)
+    return f"run `{run}`" if run else f"all trials in {source}"
+
+
 def _render(
     df: pd.DataFrame,
     out: Path,
     *,
-    sweep: str | None,
-    run: str | None,
+    scope: str,
+    covers_all: bool,
     command: str | None,
     runs: list[dict[str, Any]],
     source: str,
     sweeps: dict[str, str] | None = None,
 ) -> str:
-    scope = f"sweep `{sweep}`" if sweep else f"run `{run}`" if run else f"all trials in {source}"
-    where = f"for sweep `{sweep}`" if sweep else f"for run `{run}`" if run else f"in {source}"
+    where = f"in {source}" if covers_all else f"for {scope}"
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     parts = [
         "# BuildKit missing-layer reproduction",

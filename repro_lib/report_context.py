@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -49,13 +49,16 @@ def default_command(runs: Iterable[dict[str, Any]]) -> str | None:
 
 
 def runs_in_scope(
-    st: Store, df: pd.DataFrame, sweep: str | None, run: str | None
+    st: Store, df: pd.DataFrame, sweep: str | Sequence[str] | None, run: str | None
 ) -> list[dict[str, Any]]:
-    """The stored runs the report covers: the one run, or the sweep's (or all) runs with trials."""
+    """The stored runs the report covers: the one run, or the sweeps' (or all) runs with trials."""
     if run is not None:
         one = st.run(run)
         return [one] if one else []
-    runs = st.runs(sweep)
+    if sweep is None or isinstance(sweep, str):
+        runs = st.runs(sweep)
+    else:
+        runs = [r for one in sweep for r in st.runs(one)]
     seen = set(df["run_id"].unique()) if len(df) else set()
     if seen:
         runs = [r for r in runs if r["run_id"] in seen]
@@ -73,9 +76,14 @@ SWEEP_STATUS = {
 }
 
 
-def sweep_states(st: Store, df: pd.DataFrame, sweep: str | None) -> dict[str, str]:
+def sweep_states(st: Store, df: pd.DataFrame, sweep: str | Sequence[str] | None) -> dict[str, str]:
     """Each sweep's recorded status (``SWEEP_STATUS``); empty for a store without sweeps."""
-    ids = [sweep] if sweep else _uniq(df["sweep_id"]) if len(df) else []
+    if isinstance(sweep, str):
+        ids = [sweep]
+    elif sweep:
+        ids = list(sweep)
+    else:
+        ids = _uniq(df["sweep_id"]) if len(df) else []
     try:
         recorded = {i: (st.sweep(i) or {}).get("status") for i in ids}
     except sqlite3.OperationalError:  # a store from before sweeps were recorded

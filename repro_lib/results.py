@@ -645,7 +645,7 @@ def write_trials(
     source: str | Path | Store | pd.DataFrame,
     out_dir: str | Path,
     *,
-    sweep: str | None = None,
+    sweep: str | Iterable[str] | None = None,
     run: str | None = None,
     csv_max: int = TRIALS_CSV_MAX,
 ) -> Path:

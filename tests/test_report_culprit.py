@@ -255,3 +255,26 @@ def test_the_github_comment_has_a_line_per_search(tmp_path):
     assert f"- **Culprit search `c-test`**: {line}" in comment
     df = load_results(tmp_path / "s.sqlite")
     assert "Culprit search" not in comment_text(df, text, scope="all")
+
+
+def test_report_on_a_search_id_covers_its_probes_trials(tmp_path):
+    # `report --sweep <search id>`: no sweep has that id, its probes' sweeps hold the trials
+    from tests.conftest import run_cli
+    from tests.test_report import cycles, fill
+
+    record = search(SHORT, search_id="c-cli", sweep_prefix="c-cli-p")
+    store_path = tmp_path / "trials.sqlite"
+    with Store(store_path) as st:
+        st.save_search(record)
+        for probe in record.probes:
+            fill(st, f"{probe.sweep_id}-c000", cycles("v", 2, 2), sweep_id=probe.sweep_id)
+        fill(st, "elsewhere-c000", cycles("v", 2, 5), sweep_id="elsewhere")
+    out = tmp_path / "report"
+    proc = run_cli(
+        "report", "--store", str(store_path), "--sweep", "c-cli", "--out", str(out), home=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "report.md").read_text()
+    assert "Report on culprit search `c-cli` (3 probe sweeps)" in text
+    assert "## No trials" not in text and "## Culprit" in text
+    assert len((out / "trials.csv").read_text().splitlines()) == 1 + 3 * 4  # not "elsewhere"

@@ -72,15 +72,25 @@ def report(
     out = Path(out_dir) if out_dir else paths.reports / (sweep_id or run_id or "all")
     with Store(store, read_only=True) as st:  # a missing store: one line, exit 2
         searches = select_searches(st.searches(), sweep=sweep_id, run=run_id)
+        named = [r for r in searches if r.search_id == sweep_id]
+        if named and st.sweep(named[0].search_id) is not None:
+            named = []  # a sweep of that id exists: it is what --sweep means
+    sweeps: str | list[str] | None = sweep_id
+    scope = None
+    if named and named[0].probes:
+        # a culprit search's id: the report covers the trials of its probes' sweeps
+        sweeps = [p.sweep_id for p in named[0].probes]
+        scope = f"culprit search `{sweep_id}` ({len(sweeps)} probe sweeps)"
     written = write_report(
         store,
         out,
-        sweep=sweep_id,
+        sweep=sweeps,
         run=run_id,
         command=command,
         github=github,
         evidence=evidence,
         searches=searches,
+        scope=scope,
     )
     click.echo(str(written))
     if github:
