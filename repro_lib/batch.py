@@ -357,6 +357,7 @@ def run_batch(
     cell: str | None = None,
     trials: list[int] | None = None,
     should_stop: Callable[[list[TrialRecord]], bool] | None = None,
+    interrupted: Callable[[], bool] | None = None,
     on_record: Callable[[TrialRecord], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
     client: docker.DockerClient | None = None,
@@ -414,6 +415,7 @@ def run_batch(
             wanted,
             stop_on_failure=options.stop_on_failure,
             should_stop=should_stop,
+            interrupted=interrupted,
             on_record=on_record,
         )
         if options.stop_on_failure and any(

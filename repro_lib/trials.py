@@ -90,6 +90,7 @@ def run_trials(
     should_stop: Callable[[list[TrialRecord]], bool] | None = None,
     on_record: Callable[[TrialRecord], None] | None = None,
     keep_outputs: bool = False,
+    interrupted: Callable[[], bool] | None = None,
 ) -> LoopState:
     """Run the given trial numbers; returns the loop state with this call's records.
 
@@ -98,6 +99,10 @@ def run_trials(
     reset, even one that fails, starts a cycle: its first try has ``since_reset``
     1 and names the cycle (``cycle``) by its trial number. A failed reset's try is
     a cycle of one (an infra error), as the next try resets again.
+
+    A try that errs once ``interrupted()`` is true is not recorded: the user's stop
+    (Ctrl-C reaches the build's own processes too) cut it short, so it says nothing
+    about BuildKit, and a resume runs it again.
 
     Raises:
         InfraError: several tries in a row failed for infrastructure reasons.
@@ -144,6 +149,8 @@ def run_trials(
             outcome, detail = Outcome.BUILD_ERROR, f"{exc}\n{exc.log_tail}".strip()
         except InfraError as exc:
             outcome, detail = Outcome.INFRA_ERROR, exc.one_line()
+        if outcome in (Outcome.BUILD_ERROR, Outcome.INFRA_ERROR) and interrupted and interrupted():
+            break
         log_path = env.logs_dir / f"trial-{trial:04d}.log"
         loss: Loss | None = None
         bundle = ""

@@ -497,3 +497,26 @@ def test_each_record_is_in_the_store_when_on_record_sees_it(rig):
 
     _run(rig, {2: "infra"}, trials=[1, 2, 3], on_record=count)
     assert counts == [1, 2, 3]
+
+
+def test_a_try_that_errs_after_the_users_stop_is_not_recorded(rig):
+    # Ctrl-C reaches the build's own processes too: the try it cut short is no evidence
+    # of anything, and a resume runs it again
+    backend = ScriptedBackend(rig.work, {2: "build"})
+    run_trials(
+        backend,
+        rig.env,
+        rig.store,
+        _ctx(),
+        TrialsAhead(backend, [1, 2, 3]),
+        interrupted=lambda: "build 2" in backend.calls,
+    )
+    assert [r.trial for r in rig.store.trials("run-1")] == [1]
+    assert "build 3" not in backend.calls
+    assert rig.store.trial_numbers("run-1") == {1}
+
+
+def test_a_stop_never_drops_a_try_that_finished(rig):
+    _run(rig, {2: "missing"}, interrupted=lambda: True)
+    outcomes = [r.outcome for r in rig.store.trials("run-1")]
+    assert outcomes == [Outcome.OK, Outcome.MISSING_LAYER, Outcome.OK]

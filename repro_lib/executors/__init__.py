@@ -158,6 +158,7 @@ def run_cell(
             sweep_id=sweep_id,
             cell=cell.key(),
             should_stop=should_stop,
+            interrupted=stop_requested,
             client=client,
             on_record=reporter.record,
             on_phase=tag,
