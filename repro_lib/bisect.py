@@ -472,6 +472,12 @@ def _running(store_path: Path, search_id: str):
     return locks.held(store_path, f"search-{search_id}", what=f"culprit search {search_id}")
 
 
+def _with_prune(plan: Plan, allow_prune: bool) -> Plan:
+    if not allow_prune:
+        return plan
+    return replace(plan, batch={**plan.batch, "allow_prune": True})
+
+
 def _announce_and_drive(
     setup: SearchSetup, record: SearchRecord, intro: str, say: Callable[[str], None]
 ) -> SearchRecord:
@@ -564,9 +570,13 @@ def resume_search(
     cluster: str | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    allow_prune: bool = False,
 ) -> SearchRecord:
     """Continue a recorded search: recount its probes from their trials, finish a probe
     that was in flight, and go on; nothing recorded is run again.
+
+    ``allow_prune`` is this machine's permission to prune an engine the lab did not
+    start (engine backend), like ``--allow-prune``: not a setting of the search.
 
     Raises:
         UsageError: no such search in the store.
@@ -574,7 +584,9 @@ def resume_search(
     if not Path(store_path).exists():
         raise UsageError(f"no results store at {store_path}", hint="pass --store")
     with _running(Path(store_path), search_id):
-        return _resume(search_id, client, Path(store_path), paths, cluster, progress, say)
+        return _resume(
+            search_id, client, Path(store_path), paths, cluster, progress, say, allow_prune
+        )
 
 
 def _resume(
@@ -585,6 +597,7 @@ def _resume(
     cluster: str | None,
     progress: bool,
     say: Callable[[str], None],
+    allow_prune: bool,
 ) -> SearchRecord:
     with Store(store_path) as store:
         found = store.searches(search_id)
@@ -597,7 +610,7 @@ def _resume(
     (record,) = found
     setup = SearchSetup(
         client=client,
-        plan=_plan_from(settings["plan"]),
+        plan=_with_prune(_plan_from(settings["plan"]), allow_prune),
         cycles_per_probe=int(settings["cycles_per_probe"]),
         build=settings.get("build"),
         store_path=Path(store_path),

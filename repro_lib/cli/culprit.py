@@ -345,6 +345,7 @@ def _resume_search(search_id: str, kwargs: dict[str, Any], given: Any) -> None:
         cluster=kwargs["cluster"],
         progress=sys.stderr.isatty(),
         say=lambda line: click.echo(line, err=True),
+        allow_prune=bool(kwargs["allow_prune"]),
     )
     _print_search(record, kwargs["as_json"])
 

@@ -1,4 +1,4 @@
-"""One process at a time drives a culprit search: the lock beside the store."""
+"""Driving a culprit search: one process at a time (the lock beside the store), and what a resume may change."""
 
 from __future__ import annotations
 
@@ -74,3 +74,25 @@ def test_resuming_a_search_another_process_drives_is_refused(holder):
     with pytest.raises(UsageError, match="running in another process"):
         bisect.resume_search("s1", client=None, store_path=store, paths=None, say=print)
     assert time.monotonic() - started < 5  # refused at once, not after waiting
+
+
+def test_resume_takes_this_machines_allow_prune(tmp_path, monkeypatch):
+    # a search started without --allow-prune stops at its first probe on an engine the
+    # lab did not start; its resume must be able to give that permission
+    from dataclasses import replace
+
+    from repro_lib.store import Store
+    from tests.test_report_culprit import SHORT, search
+
+    store = tmp_path / "trials.sqlite"
+    record = replace(search(SHORT, search_id="s-prune"), kind="versions", repo=None)
+    plan = {"versions": ["v0"], "reset_freq": [2], "tries": 6, "backend": "engine"}
+    with Store(store) as st:
+        st.save_search(record, {"plan": plan, "cycles_per_probe": 3, "command": ""})
+    seen = []
+    monkeypatch.setattr(bisect, "_drive", lambda setup, rec, **kw: seen.append(setup.plan) or rec)
+    for allow in (False, True):
+        bisect.resume_search(
+            "s-prune", client=None, store_path=store, paths=None, say=print, allow_prune=allow
+        )
+    assert [bool(p.batch.get("allow_prune")) for p in seen] == [False, True]
