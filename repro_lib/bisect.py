@@ -20,6 +20,8 @@ import docker
 import numpy as np
 
 from . import commits, locks
+from .builders import backend_class
+from .builders.engine import EngineBackend, refuse_unowned_engine
 from .config import Paths
 from .culprit import (
     CandidateRow,
@@ -445,6 +447,12 @@ def version_record(
     )
 
 
+def _refuse_early(setup: SearchSetup) -> None:
+    """Refuse before anything is recorded or built what the first probe would refuse."""
+    if setup.cluster is None and issubclass(backend_class(setup.plan.backend), EngineBackend):
+        refuse_unowned_engine(setup.client, allow_prune=bool(setup.plan.batch.get("allow_prune")))
+
+
 def _check_new_id(setup: SearchSetup, search_id: str | None) -> str:
     search_id = search_id or new_search_id()
     with Store(setup.store_path) as store:
@@ -505,6 +513,7 @@ def start_commit_search(
     Raises:
         UsageError: ``search_id`` is taken in the store.
     """
+    _refuse_early(setup)
     search_id = _check_new_id(setup, search_id)
     commits.remove_stale_worktrees(candidates.repo)
     record = SearchRecord(
@@ -543,6 +552,7 @@ def start_version_search(
     Raises:
         UsageError: ``search_id`` is taken in the store.
     """
+    _refuse_early(setup)
     record = version_record(
         candidates,
         search_id=_check_new_id(setup, search_id),

@@ -96,3 +96,35 @@ def test_resume_takes_this_machines_allow_prune(tmp_path, monkeypatch):
             "s-prune", client=None, store_path=store, paths=None, say=print, allow_prune=allow
         )
     assert [bool(p.batch.get("allow_prune")) for p in seen] == [False, True]
+
+
+class _Engine:
+    """An engine the lab did not start (no lab label), counting what is asked of it."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def info(self) -> dict:
+        self.asked += 1
+        return {"Labels": ["owner=someone-else"], "KernelVersion": "6.1", "NCPU": 2}
+
+    def version(self) -> dict:
+        return {"Version": "20.10.24"}
+
+
+def test_an_unprunable_engine_is_refused_before_the_search_is_recorded(tmp_path):
+    from repro_lib.errors import PruneRefused
+    from repro_lib.plan import validate_plan
+    from repro_lib.store import Store
+
+    store = tmp_path / "trials.sqlite"
+    plan = validate_plan({"versions": ["v0"], "reset_freq": [2], "tries": 6, "backend": "engine"})
+    engine = _Engine()
+    setup = bisect.SearchSetup(
+        client=engine, plan=plan, cycles_per_probe=3, build=None, store_path=store, paths=None
+    )
+    candidates = bisect.version_range(["v0", "v1", "v2"], "v0", "v2")
+    with pytest.raises(PruneRefused, match="not started by the lab"):
+        bisect.start_version_search(setup, candidates, search_id="s-early", say=print)
+    assert engine.asked == 1
+    assert not store.exists() or Store(store).searches() == []

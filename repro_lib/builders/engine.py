@@ -77,6 +77,22 @@ def engine_is_lab_owned(engine_labels: tuple[str, ...] | list[str]) -> bool:
     return any(label.startswith(f"{ENGINE_LABEL}=") for label in engine_labels)
 
 
+def refuse_unowned_engine(client: docker.DockerClient, *, allow_prune: bool) -> lab.HostFacts:
+    """The engine's facts, once it is known that the engine backend may prune it.
+
+    Raises:
+        PruneRefused: the lab did not start this engine and pruning was not allowed.
+    """
+    facts = lab.HostFacts.of(client)
+    if not (allow_prune or engine_is_lab_owned(facts.engine_labels)):
+        raise PruneRefused(
+            "the engine backend prunes the builder cache at every reset, and this engine "
+            "was not started by the lab",
+            hint="use `repro-lib engine start` and --engine-host, or pass --allow-prune",
+        )
+    return facts
+
+
 def find_docker_cli(explicit: str | None = None) -> str:
     """A docker CLI that can run BuildKit builds against the engine.
 
@@ -205,13 +221,7 @@ class EngineBackend:
 
     def prepare(self, env: BatchEnv, *, lane: int = 0) -> None:
         self.env = env
-        facts = lab.HostFacts.of(env.client)
-        if not (self.allow_prune or engine_is_lab_owned(facts.engine_labels)):
-            raise PruneRefused(
-                "the engine backend prunes the builder cache at every reset, and this engine "
-                "was not started by the lab",
-                hint="use `repro-lib engine start` and --engine-host, or pass --allow-prune",
-            )
+        facts = refuse_unowned_engine(env.client, allow_prune=self.allow_prune)
         self.cli = find_docker_cli(self.docker_cli)
         self.lock = EngineLock(lab.engine_host_of(env.client))
         self.image = self.cache_image = f"engine:{facts.engine_version}"
