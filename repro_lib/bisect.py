@@ -32,7 +32,7 @@ from .culprit import (
     expected_information,
 )
 from .errors import InfraError, UsageError
-from .plan import Plan, resolve_version, validate_plan
+from .plan import Plan, resolve_version, validate_plan, with_allow_prune
 from .records import Outcome, TrialRecord
 from .store import Store
 from .sweep import run_sweep
@@ -453,24 +453,21 @@ def _refuse_early(setup: SearchSetup) -> None:
         refuse_unowned_engine(setup.client, allow_prune=bool(setup.plan.batch.get("allow_prune")))
 
 
-def _check_new_id(setup: SearchSetup, search_id: str | None) -> str:
-    search_id = search_id or new_search_id()
-    with Store(setup.store_path) as store:
-        if store.searches(search_id):
-            raise UsageError(
-                f"search {search_id} is already in {setup.store_path}",
-                hint=f"repro-lib bisect --resume {search_id} continues it; or pass a new id",
-            )
-    return search_id
+def _refuse_taken_id(store: Store, search_id: str) -> None:
+    if store.searches(search_id):
+        raise UsageError(
+            f"search {search_id} is already in {store.path}",
+            hint=f"repro-lib bisect --resume {search_id} continues it; or pass a new id",
+        )
 
 
 def _start(
     setup: SearchSetup, record: SearchRecord, settings: dict, intro: str, say: Callable[[str], None]
 ) -> SearchRecord:
     with _running(setup.store_path, record.search_id):
-        # checked again under the lock: two starts may have picked the same --search-id
-        _check_new_id(setup, record.search_id)
+        # under the lock: two starts may have picked the same --search-id
         with Store(setup.store_path) as store:
+            _refuse_taken_id(store, record.search_id)
             store.save_search(record, settings)
         return _announce_and_drive(setup, record, intro, say)
 
@@ -478,12 +475,6 @@ def _start(
 def _running(store_path: Path, search_id: str):
     """One process at a time drives a search (a second would run its next probe again)."""
     return locks.held(store_path, f"search-{search_id}", what=f"culprit search {search_id}")
-
-
-def _with_prune(plan: Plan, allow_prune: bool) -> Plan:
-    if not allow_prune:
-        return plan
-    return replace(plan, batch={**plan.batch, "allow_prune": True})
 
 
 def _announce_and_drive(
@@ -514,7 +505,7 @@ def start_commit_search(
         UsageError: ``search_id`` is taken in the store.
     """
     _refuse_early(setup)
-    search_id = _check_new_id(setup, search_id)
+    search_id = search_id or new_search_id()
     commits.remove_stale_worktrees(candidates.repo)
     record = SearchRecord(
         search_id=search_id,
@@ -555,7 +546,7 @@ def start_version_search(
     _refuse_early(setup)
     record = version_record(
         candidates,
-        search_id=_check_new_id(setup, search_id),
+        search_id=search_id or new_search_id(),
         backend=setup.plan.backend,
         tries_per_cycle=setup.plan.reset_freq[0],
         confidence=confidence,
@@ -620,7 +611,7 @@ def _resume(
     (record,) = found
     setup = SearchSetup(
         client=client,
-        plan=_with_prune(_plan_from(settings["plan"]), allow_prune),
+        plan=with_allow_prune(_plan_from(settings["plan"]), allow_prune),
         cycles_per_probe=int(settings["cycles_per_probe"]),
         build=settings.get("build"),
         store_path=Path(store_path),

@@ -31,6 +31,7 @@ def held(store_path: str | Path, name: str, *, what: str) -> Iterator[Path]:
         UsageError: another live process holds it.
     """
     path = lock_path(store_path, name)
+    path.parent.mkdir(parents=True, exist_ok=True)  # a lock may come before its new store
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

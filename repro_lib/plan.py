@@ -22,7 +22,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +306,14 @@ DIGEST_EXCLUDED = frozenset({"lanes", "shard", "command", "plan_digest"})
 
 
 DIGEST_EXCLUDED_BATCH = frozenset({"docker_cli", "allow_prune"})
+
+
+def with_allow_prune(plan: Plan, allow_prune: bool) -> Plan:
+    """A recorded plan, resumed here with this machine's permission to prune an engine
+    the lab did not start: not part of what was planned (nor of its digest)."""
+    if not allow_prune:
+        return plan
+    return replace(plan, batch={**plan.batch, "allow_prune": True})
 
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")

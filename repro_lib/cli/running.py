@@ -286,7 +286,14 @@ def sweep(
     layer, 1 a missing layer was seen, 2 usage or environment error, 130 interrupted.
     """
     from ..config import Paths
-    from ..plan import check_sweep_id, parse_shard, shard_cells, shard_to_resume, sweep_id_for
+    from ..plan import (
+        check_sweep_id,
+        parse_shard,
+        shard_cells,
+        shard_to_resume,
+        sweep_id_for,
+        with_allow_prune,
+    )
     from ..store import Store
     from ..sweep import resume_plan, run_sweep
     from ..testsh_env import set_names
@@ -310,6 +317,7 @@ def sweep(
             recorded = [r.get("shard") for r in store.runs(resume_id)]
             recorded.append((store.sweep(resume_id) or {}).get("plan", {}).get("shard"))
         shard = shard_to_resume(resume_id, recorded, shard)
+        plan = with_allow_prune(plan, bool(kwargs["allow_prune"]))
         if lanes:
             plan.lanes = lanes
     else:
