@@ -128,3 +128,28 @@ def test_an_unprunable_engine_is_refused_before_the_search_is_recorded(tmp_path)
         bisect.start_version_search(setup, candidates, search_id="s-early", say=print)
     assert engine.asked == 1
     assert not store.exists() or Store(store).searches() == []
+
+
+def test_a_taken_search_id_is_refused_and_the_recorded_search_kept(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from repro_lib.plan import validate_plan
+    from repro_lib.store import Store
+    from tests.test_report_culprit import SHORT, search
+
+    store = tmp_path / "trials.sqlite"
+    kept = replace(search(SHORT, search_id="s-taken"), kind="versions", repo=None)
+    with Store(store) as st:
+        st.save_search(kept)
+    plan = validate_plan(
+        {"versions": ["v0"], "reset_freq": [2], "tries": 6, "backend": "container"}
+    )
+    setup = bisect.SearchSetup(
+        client=None, plan=plan, cycles_per_probe=3, build=None, store_path=store, paths=None
+    )
+    monkeypatch.setattr(bisect, "_drive", lambda *a, **k: pytest.fail("a taken id was driven"))
+    candidates = bisect.version_range(["v0", "v1", "v2"], "v0", "v2")
+    with pytest.raises(UsageError, match="search s-taken is already in"):
+        bisect.start_version_search(setup, candidates, search_id="s-taken", say=print)
+    with Store(store) as st:
+        assert st.searches("s-taken") == [kept]
